@@ -1,0 +1,154 @@
+"""Command line: ``wiseverify verify|report|demo``.
+
+Exit codes (for cron, scrontab and CI alerting):
+  0  every key MATCH or SKIPPED
+  1  discrepancies found (see RUN_DIR/discrepancies.csv)
+  2  usage or configuration error (source, bucket, endpoint, credentials)
+  3  the run itself failed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_DIFF, EXIT_CONFIG, EXIT_FAIL = 0, 1, 2, 3
+
+
+def _size(text: str) -> int:
+    """Parse sizes like 8MiB, 4M, 1GB, 123."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if t and t[-1] in mult:
+        return int(float(t[:-1]) * mult[t[-1]])
+    return int(t)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wiseverify",
+        description="Prove a POSIX/Lustre tree arrived intact in S3: inventory both sides, "
+        "checksum on a Dask cluster, write a reconciliation table.",
+        epilog="Exit codes: 0 all MATCH/SKIPPED, 1 discrepancies, 2 usage/configuration "
+        "error, 3 run failure.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser(
+        "verify",
+        help="verify SOURCE against DEST and write RUN_DIR",
+        description="Verify that every file under SOURCE is in DEST with the same content. "
+        "Credentials come from the standard AWS chain (environment, profile, instance role).",
+        epilog="Exit codes: 0 all MATCH/SKIPPED, 1 discrepancies, 2 usage/configuration "
+        "error, 3 run failure.",
+    )
+    v.add_argument("source", help="local directory or file:// URL (the Lustre tree)")
+    v.add_argument("dest", help="s3://bucket/prefix")
+    v.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory to create (on storage all workers can reach)")
+    v.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 "
+                   "or AWS)")
+    v.add_argument("--profile", help="AWS profile name")
+    v.add_argument("--region", help="AWS region")
+    g = v.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="attach to a running Dask scheduler (tcp://host:8786 or a "
+                   "scheduler file path)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes of the embedded local cluster (default: cores)")
+    v.add_argument("--threads-per-worker", type=int, default=2, metavar="N")
+    v.add_argument("--mode", choices=["stored", "readback"], default="stored",
+                   help="stored: compare with stored checksums/ETags (default); readback: "
+                   "read the objects back with ranged GETs and hash them")
+    v.add_argument("--metadata", choices=["auto", "all", "off"], default="auto",
+                   help="compare stored POSIX metadata (file-mtime/owner/group/permissions): "
+                   "auto = whenever a HEAD or GET returned it, all = HEAD every object, off")
+    v.add_argument("--partitions", type=int, metavar="N",
+                   help="hash partitions (default: one per 250,000 keys)")
+    v.add_argument("--max-metadata-ops", type=float, metavar="PER_SEC",
+                   help="cap on source lstat/readdir calls per second across the cluster")
+    v.add_argument("--head-min-size", type=_size, default=4 << 20, metavar="SIZE",
+                   help="single-part objects at least this big get a HEAD for a stored CRC "
+                   "instead of an MD5 of the ETag (default 4MiB)")
+    v.add_argument("--quiet", action="store_true", help="no progress lines")
+    v.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    r = sub.add_parser("report", help="rebuild combined.txt, discrepancies.csv and the "
+                       "summary table of RUN_DIR")
+    r.add_argument("run_dir")
+
+    d = sub.add_parser("demo", help="build a demo tree, start a local S3 endpoint, upload "
+                       "with injected discrepancies and verify it")
+    d.add_argument("--out", default="demo-run", metavar="DIR",
+                   help="working directory for the demo (default ./demo-run)")
+    d.add_argument("--workers", type=int, metavar="N")
+    return p
+
+
+def _err(msg: str) -> None:
+    print(f"wiseverify: error: {msg}", file=sys.stderr)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .cluster import ClusterError, open_client
+    from .pipeline import ConfigError, VerifyConfig, prepare, verify
+    from .report import exit_code, format_table, result_line
+
+    cfg = VerifyConfig(
+        source=args.source, dest=args.dest, out=args.out, endpoint_url=args.endpoint_url,
+        profile=args.profile, region=args.region, mode=args.mode, metadata=args.metadata,
+        partitions=args.partitions, max_metadata_ops=args.max_metadata_ops,
+        head_min_size=args.head_min_size,
+    )
+    log = None if args.quiet else (lambda m: print(m, flush=True))
+    try:
+        prepare(cfg)  # fail fast, before a cluster is started
+        with open_client(args.scheduler, args.workers, args.threads_per_worker) as client:
+            summary = verify(cfg, client, log=log)
+    except (ConfigError, ClusterError) as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_FAIL
+    except Exception as exc:
+        if args.debug:
+            raise
+        _err(f"run failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAIL
+    if not args.quiet:
+        print(format_table(summary))
+    print(result_line(summary, args.out), flush=True)
+    return exit_code(summary)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import exit_code, format_table, write_outputs
+
+    run_dir = Path(args.run_dir)
+    sfile = run_dir / "summary.json"
+    if not sfile.exists():
+        _err(f"{run_dir} is not a completed run directory (no summary.json)")
+        return EXIT_CONFIG
+    summary = json.loads(sfile.read_text())
+    write_outputs(run_dir, summary)
+    print(format_table(summary))
+    return exit_code(summary)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"verify": cmd_verify, "report": cmd_report, "demo": cmd_demo}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Where the Dask work runs: an embedded LocalCluster or any running scheduler.
+
+The embedded cluster uses worker processes (the digest work is CPU and I/O,
+and awscrt/hashlib release the GIL, so two threads per process overlap reads
+with hashing) and binds the scheduler and dashboard to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+
+class ClusterError(Exception):
+    """The cluster could not be started or reached (exit code 2)."""
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def open_client(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 2,
+    memory_limit: str | None = "auto",
+    quiet: bool = True,
+) -> Iterator:
+    """Yield a ``distributed.Client`` for the run and tear down what was started."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="15s")
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = LocalCluster(
+        n_workers=workers or default_workers(),
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        memory_limit=memory_limit,
+        silence_logs=logging.ERROR if quiet else logging.WARNING,
+    )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

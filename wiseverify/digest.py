@@ -1,0 +1,395 @@
+"""Stage 3, digest: chunked checksums of source files (and, in readback mode, objects).
+
+One read per source byte: a work unit opens a file once and feeds every buffer
+to all the digests the evidence needs.  Large files are split into byte ranges
+handled by separate tasks; CRCs of ranges are folded with awscrt's combine
+functions and per-part digests (multipart ETag MD5s, composite SHA/CRC parts)
+are concatenated in offset order, so a range boundary never falls inside a
+part.  Digests that cannot be combined (whole-object MD5/SHA) keep the file in
+one range.
+
+A :class:`Spec` says what to compute for one file; :func:`run_unit` executes a
+list of ``(file, offset, length)`` ranges and returns plain dicts that
+:func:`combine_ranges` folds back per file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat as statmod
+import threading
+from dataclasses import dataclass, field
+
+from awscrt import checksums as crc
+
+CRC_FUNCS = {"crc32": crc.crc32, "crc32c": crc.crc32c, "crc64nvme": crc.crc64nvme}
+CRC_COMBINE = {
+    "crc32": crc.combine_crc32,
+    "crc32c": crc.combine_crc32c,
+    "crc64nvme": crc.combine_crc64nvme,
+}
+CRC_BYTES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8}
+HASH_FUNCS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
+COMBINABLE = frozenset(CRC_FUNCS)
+
+BUFFER_SIZE = 8 * 1024 * 1024
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(BUFFER_SIZE))
+    return buf
+
+
+# --- encodings -------------------------------------------------------------------
+
+
+def crc_bytes(algo: str, value: int) -> bytes:
+    return value.to_bytes(CRC_BYTES[algo], "big")
+
+
+def crc_b64(algo: str, value: int) -> str:
+    """The S3 header encoding: base64 of the big-endian CRC."""
+    return base64.b64encode(crc_bytes(algo, value)).decode()
+
+
+def part_digest_raw(algo: str, value: int | bytes) -> bytes:
+    return crc_bytes(algo, value) if isinstance(value, int) else value
+
+
+def composite(algo: str, parts: list) -> str:
+    """S3 COMPOSITE checksum: base64(H(H(p1) || ... || H(pN))), without the ``-N`` suffix."""
+    joined = b"".join(part_digest_raw(algo, p) for p in parts)
+    if algo in CRC_FUNCS:
+        return crc_b64(algo, CRC_FUNCS[algo](joined))
+    return base64.b64encode(HASH_FUNCS[algo](joined).digest()).decode()
+
+
+def multipart_etag(part_md5s: list[bytes]) -> str:
+    """hex(md5(md5(p1) || ... || md5(pN))) + '-N', the multipart upload ETag."""
+    return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+
+
+def b64_to_hex(value: str) -> str:
+    return binascii.hexlify(base64.b64decode(value)).decode()
+
+
+# --- what to compute ---------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    """The digests one file needs, computed in a single pass.
+
+    ``whole`` digests run over the whole file (CRCs over any range, combined);
+    ``parts`` digests run once per part of ``part_offsets`` (start of each part).
+    """
+
+    whole: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
+    part_offsets: tuple[int, ...] = ()
+
+    @property
+    def splittable(self) -> bool:
+        return all(a in COMBINABLE for a in self.whole)
+
+
+@dataclass
+class FileItem:
+    """One source file (and, for readback, its object) to hash."""
+
+    idx: int  # row index in the partition plan
+    path: str  # absolute source path (fs-encoded str)
+    size: int
+    mtime_ns: int
+    spec: Spec
+    dst_key: str | None = None  # full object key, readback only
+
+
+@dataclass
+class RangeTask:
+    item: FileItem
+    offset: int
+    length: int
+
+
+@dataclass
+class Unit:
+    ranges: list[RangeTask] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.length for r in self.ranges)
+
+
+def split_file(item: FileItem, range_bytes: int) -> list[RangeTask]:
+    """Byte ranges for one file, cut only at part boundaries when parts are hashed."""
+    size = item.size
+    if size <= range_bytes or not item.spec.splittable:
+        return [RangeTask(item, 0, size)]
+    if item.spec.parts:
+        bounds = list(item.spec.part_offsets) + [size]
+        out: list[RangeTask] = []
+        start = bounds[0]
+        for b in bounds[1:]:
+            if b - start >= range_bytes or b == size:
+                out.append(RangeTask(item, start, b - start))
+                start = b
+        return out
+    out = []
+    step = max(BUFFER_SIZE, (range_bytes // BUFFER_SIZE) * BUFFER_SIZE)
+    for off in range(0, size, step):
+        out.append(RangeTask(item, off, min(step, size - off)))
+    return out
+
+
+def make_units(
+    items: list[FileItem], unit_bytes: int = 256 << 20, unit_files: int = 2000,
+    range_bytes: int = 256 << 20,
+) -> list[Unit]:
+    """Pack files into work units: many small files per unit, big files split in ranges."""
+    units: list[Unit] = []
+    cur = Unit()
+    for item in items:
+        for r in split_file(item, range_bytes):
+            if cur.ranges and (
+                cur.nbytes + r.length > unit_bytes or len(cur.ranges) >= unit_files
+            ):
+                units.append(cur)
+                cur = Unit()
+            cur.ranges.append(r)
+    if cur.ranges:
+        units.append(cur)
+    return units
+
+
+# --- hashing a byte stream -------------------------------------------------------------
+
+
+class StreamHasher:
+    """Feeds consecutive buffers starting at ``offset`` to every digest of a Spec."""
+
+    def __init__(self, spec: Spec, offset: int):
+        self.spec = spec
+        self.pos = offset
+        self.crcs = {a: 0 for a in spec.whole if a in COMBINABLE}
+        self.hashes = {a: HASH_FUNCS[a]() for a in spec.whole if a not in COMBINABLE}
+        self.part_results: dict[str, list] = {a: [] for a in spec.parts}
+        self._part_state: dict[str, object] = {}
+        if spec.parts:
+            offs = spec.part_offsets
+            # index of the part containing offset; ranges start on part boundaries
+            self._pi = max(i for i, o in enumerate(offs) if o <= offset)
+            self._part_end = offs[self._pi + 1] if self._pi + 1 < len(offs) else None
+            self._new_part_state()
+
+    def _new_part_state(self) -> None:
+        self._part_state = {
+            a: (0 if a in COMBINABLE else HASH_FUNCS[a]()) for a in self.spec.parts
+        }
+
+    def _flush_part(self) -> None:
+        for a, st in self._part_state.items():
+            self.part_results[a].append(st if isinstance(st, int) else st.digest())
+        self._new_part_state()
+
+    def _feed_parts(self, mv: memoryview) -> None:
+        while len(mv):
+            take = len(mv) if self._part_end is None else min(len(mv), self._part_end - self.pos)
+            chunk = mv[:take]
+            for a, st in self._part_state.items():
+                if isinstance(st, int):
+                    self._part_state[a] = CRC_FUNCS[a](chunk, st)
+                else:
+                    st.update(chunk)
+            self.pos += take
+            mv = mv[take:]
+            if self._part_end is not None and self.pos == self._part_end:
+                self._flush_part()
+                self._pi += 1
+                offs = self.spec.part_offsets
+                self._part_end = offs[self._pi + 1] if self._pi + 1 < len(offs) else None
+
+    def update(self, mv: memoryview) -> None:
+        for a in self.crcs:
+            self.crcs[a] = CRC_FUNCS[a](mv, self.crcs[a])
+        for h in self.hashes.values():
+            h.update(mv)
+        if self.spec.parts:
+            self._feed_parts(mv)
+        else:
+            self.pos += len(mv)
+
+    def finish(self, at_eof: bool) -> dict:
+        if self.spec.parts and at_eof:
+            self._flush_part()
+        return {
+            "crc": dict(self.crcs),
+            "hash": {a: h.digest() for a, h in self.hashes.items()},
+            "parts": self.part_results,
+        }
+
+
+# --- source ranges ----------------------------------------------------------------------
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def _open_source(path: str) -> int:
+    """Open read-only without following a swapped-in FIFO into a hang, without atime if allowed."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    if _NOATIME:
+        try:
+            return os.open(path, flags | _NOATIME)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership or CAP_FOWNER; fall back to a plain open
+    return os.open(path, flags)
+
+
+def hash_source_range(r: RangeTask) -> dict:
+    """Hash one range of a source file; errors and changes since listing become ``error``."""
+    item = r.item
+    out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
+                 "bytes": 0}
+    try:
+        fd = _open_source(item.path)
+    except OSError as exc:
+        reason = "vanished since listing" if exc.errno == 2 else exc.strerror
+        out["error"] = f"cannot open: {reason}"
+        return out
+    try:
+        st = os.fstat(fd)
+        if not statmod.S_ISREG(st.st_mode):
+            out["error"] = "no longer a regular file"
+            return out
+        if st.st_size != item.size or st.st_mtime_ns != item.mtime_ns:
+            out["error"] = (
+                f"changed since listing (size {item.size} -> {st.st_size}, "
+                f"mtime_ns {item.mtime_ns} -> {st.st_mtime_ns})"
+            )
+            return out
+        h = StreamHasher(item.spec, r.offset)
+        buf = _buffer()
+        pos, end = r.offset, r.offset + r.length
+        while pos < end:
+            n = os.preadv(fd, [buf[: min(BUFFER_SIZE, end - pos)]], pos)
+            if n == 0:
+                out["error"] = f"file shrank while hashing (EOF at {pos} of {item.size})"
+                return out
+            h.update(buf[:n])
+            pos += n
+        out["bytes"] = pos - r.offset
+        st2 = os.fstat(fd)
+        if st2.st_size != item.size or st2.st_mtime_ns != item.mtime_ns:
+            out["error"] = (
+                f"changed while hashing (size {item.size} -> {st2.st_size}, "
+                f"mtime_ns {item.mtime_ns} -> {st2.st_mtime_ns})"
+            )
+            return out
+        out.update(h.finish(at_eof=end == item.size))
+        return out
+    except OSError as exc:
+        out["error"] = f"read failed: {exc.strerror}"
+        return out
+    finally:
+        os.close(fd)
+
+
+# --- destination ranges (readback) -------------------------------------------------------
+
+
+async def hash_object_range(client, bucket: str, r: RangeTask) -> dict:
+    """GET one byte range of an object and hash it the same way as the source range."""
+    from .s3 import error_text
+
+    item = r.item
+    out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
+                 "bytes": 0}
+    h = StreamHasher(item.spec, r.offset)
+    if r.length == 0:
+        out.update(h.finish(at_eof=True))
+        return out
+    try:
+        resp = await client.get_object(
+            Bucket=bucket, Key=item.dst_key, Range=f"bytes={r.offset}-{r.offset + r.length - 1}"
+        )
+        if r.offset == 0:
+            out["metadata"] = resp.get("Metadata") or {}
+        body = resp["Body"]
+        got = 0
+        async with body as stream:
+            while True:
+                chunk = await stream.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(memoryview(chunk))
+                got += len(chunk)
+        if got != r.length:
+            out["error"] = f"GetObject returned {got} bytes for a {r.length}-byte range"
+            return out
+        out["bytes"] = got
+        out.update(h.finish(at_eof=r.offset + r.length == item.size))
+    except Exception as exc:
+        out["error"] = error_text(exc, "GetObject")
+    return out
+
+
+def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
+    """Execute one work unit: source ranges, plus object ranges when ``target`` is given.
+
+    Object GETs run on s3fs' event loop while this thread hashes the source, so
+    readback overlaps network and disk.
+    """
+    dst_future = None
+    if target is not None:
+        import asyncio
+
+        from .s3 import gather_limited
+
+        async def _all():
+            client = await target.client()
+            return await gather_limited(
+                unit.ranges,
+                lambda r: hash_object_range(client, target.bucket, r),
+                get_concurrency,
+            )
+
+        dst_future = asyncio.run_coroutine_threadsafe(_all(), target.fs().loop)
+    src = [hash_source_range(r) for r in unit.ranges]
+    dst = dst_future.result() if dst_future is not None else None
+    return {"src": src, "dst": dst}
+
+
+def combine_ranges(results: list[dict], spec: Spec, size: int) -> dict:
+    """Fold range results of one file (any order) into whole-file digests."""
+    results = sorted(results, key=lambda d: d["offset"])
+    errors = [r["error"] for r in results if r.get("error")]
+    nbytes = sum(r.get("bytes", 0) for r in results)
+    if errors:
+        return {"error": errors[0], "bytes": nbytes}
+    covered = 0
+    for r in results:
+        if r["offset"] != covered:
+            return {"error": f"internal: range gap at {covered}", "bytes": nbytes}
+        covered += r["length"]
+    if covered != size:
+        return {"error": f"internal: ranges cover {covered} of {size} bytes", "bytes": nbytes}
+    crcs: dict[str, int] = {}
+    for a in (x for x in spec.whole if x in COMBINABLE):
+        val = results[0]["crc"][a]
+        for r in results[1:]:
+            val = CRC_COMBINE[a](val, r["crc"][a], r["length"])
+        crcs[a] = val
+    hashes: dict[str, bytes] = {}
+    for a in (x for x in spec.whole if x not in COMBINABLE):
+        hashes[a] = results[0]["hash"][a]
+    parts: dict[str, list] = {a: [] for a in spec.parts}
+    for r in results:
+        for a in spec.parts:
+            parts[a].extend(r["parts"][a])
+    return {"error": None, "bytes": nbytes, "crc": crcs, "hash": hashes, "parts": parts}

@@ -1,0 +1,308 @@
+"""Choosing the destination evidence for each candidate, cheapest first.
+
+Cost model (per object):
+
+* the listing already carries the ETag: a single-part object below
+  ``head_min_size`` costs no request, only a local MD5 (0.75 GB/s per core);
+* a HeadObject (one request, a few ms) buys a stored checksum - CRC64NVME or
+  CRC32C at ~11 GB/s replaces MD5 - so it pays for objects of a few MB and up,
+  and is only sent when the listing says a checksum exists;
+* a multipart object has no usable MD5: its part layout comes from
+  ``HeadObject(PartNumber=1)`` (part length and PartsCount), checked against
+  the size, else every part is HEADed; then per-part digests rebuild the
+  composite checksum or the multipart ETag;
+* readback mode ignores stored evidence and hashes the object's bytes.
+
+Anything without evidence is UNVERIFIED with the reason, never MATCH.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .digest import Spec
+from .s3 import S3Target, error_code, error_text, gather_limited
+
+MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+STORED_ALGOS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
+#: local cost per byte, used to rank evidence (lower is cheaper)
+ALGO_COST = {"crc64nvme": 1, "crc32c": 1, "crc32": 5, "sha256": 10, "sha1": 8, "md5": 15}
+
+
+@dataclass
+class Evidence:
+    """What the source must be hashed with, and what it must equal."""
+
+    kind: str | None = None  # verified_by value
+    algo: str | None = None  # digest algorithm compared
+    expected: str | None = None  # stored value in its S3 encoding
+    spec: Spec = field(default_factory=Spec)
+    alternatives: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, algo, value)
+    parts: int | None = None
+    part_size: int | None = None
+    checksum_algorithm: str | None = None
+    checksum_type: str | None = None
+    metadata: dict | None = None  # user metadata from a HEAD, when one was made
+    sse: str | None = None
+    error: str | None = None  # DEST_ERROR reason
+    unverified: str | None = None  # UNVERIFIED reason
+    requests: int = 0
+
+
+def _uniform_offsets(size: int, part: int, n: int) -> tuple[int, ...] | None:
+    if part <= 0 or n <= 0:
+        return None
+    if (n - 1) * part < size <= n * part:
+        return tuple(i * part for i in range(n))
+    return None
+
+
+def _with_crc64(whole: tuple[str, ...]) -> tuple[str, ...]:
+    """Add a whole-file CRC64NVME to every source pass: nearly free and kept for the audit."""
+    return whole if "crc64nvme" in whole else (*whole, "crc64nvme")
+
+
+async def _head(client, target: S3Target, key: str, ev: Evidence, **kw) -> dict:
+    ev.requests += 1
+    return await client.head_object(Bucket=target.bucket, Key=key, **kw)
+
+
+async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str,
+                   head_min_size: int) -> Evidence:
+    """Decide the evidence for one candidate row (source and object sizes already equal)."""
+    ev = Evidence()
+    size = int(row["src_size"])
+    key = target.prefix + row["dst_rel"]
+    etag = row.get("dst_etag") or ""
+    algos = [a for a in (row.get("dst_checksum_algorithm") or "").split(",") if a]
+    multipart = "-" in etag
+    nparts = None
+    if multipart:
+        try:
+            nparts = int(etag.rsplit("-", 1)[1])
+        except ValueError:
+            nparts = None
+    ev.parts = nparts if multipart else 1
+
+    if mode == "readback":
+        ev.kind, ev.algo = "readback", "crc64nvme"
+        ev.spec = Spec(whole=("crc64nvme",))
+        if metadata == "all":
+            try:
+                h = await _head(client, target, key, ev)
+                ev.metadata = h.get("Metadata") or {}
+            except Exception as exc:
+                ev.error = error_text(exc, "HeadObject")
+        return ev
+
+    want_checksum = bool(algos) and (
+        multipart or size >= head_min_size or not MD5_RE.match(etag)
+    )
+    head: dict | None = None
+    if want_checksum or metadata == "all":
+        try:
+            head = await _head(client, target, key, ev, ChecksumMode="ENABLED")
+        except Exception as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                ev.error = "object disappeared since listing (HeadObject 404)"
+                return ev
+            if multipart or not MD5_RE.match(etag):
+                ev.error = error_text(exc, "HeadObject")
+                return ev
+            head = None  # the ETag still proves a single-part object
+        if head is not None:
+            ev.metadata = head.get("Metadata") or {}
+            ev.sse = head.get("ServerSideEncryption") or head.get("SSECustomerAlgorithm")
+            ev.checksum_type = head.get("ChecksumType")
+
+    stored: list[tuple[str, str]] = []
+    if head is not None:
+        for a in STORED_ALGOS:
+            v = head.get("Checksum" + a)
+            if v:
+                stored.append((a.lower(), v))
+    if stored:
+        ev.checksum_algorithm = ",".join(a for a, _ in stored)
+
+    # 1. full-object checksums: combinable CRCs, no part layout needed
+    full: list[tuple[str, str]] = []
+    composite: list[tuple[str, str]] = []
+    for a, v in stored:
+        is_comp = "-" in v or ev.checksum_type == "COMPOSITE"
+        if a == "crc64nvme":
+            full.append((a, v))
+        elif not multipart:
+            full.append((a, v.split("-")[0]))
+        elif a in ("sha256", "sha1") or is_comp:
+            composite.append((a, v.split("-")[0]))
+        elif ev.checksum_type == "FULL_OBJECT":
+            full.append((a, v))
+        else:  # CRC32/CRC32C of a multipart object, type not reported: accept either reading
+            full.append((a, v))
+            composite.append((a, v))
+    full.sort(key=lambda t: ALGO_COST[t[0]])
+    composite.sort(key=lambda t: ALGO_COST[t[0]])
+
+    ambiguous = {a for a, _ in full} & {a for a, _ in composite}
+    if full and full[0][0] not in ambiguous:
+        a, v = full[0]
+        ev.kind, ev.algo, ev.expected = a, a, v
+        ev.spec = Spec(whole=_with_crc64((a,)))
+        return ev
+    if not multipart:
+        if MD5_RE.match(etag):
+            ev.kind, ev.algo, ev.expected = "etag-md5", "md5", etag.lower()
+            ev.spec = Spec(whole=_with_crc64(("md5",)))
+            return ev
+        ev.unverified = (
+            f"ETag {etag!r} is not an MD5 (SSE-KMS/SSE-C or other) and the object "
+            "has no stored checksum"
+        )
+        return ev
+
+    # 2. multipart: the part layout is needed for a composite checksum or the ETag
+    try:
+        h1 = await _head(client, target, key, ev, PartNumber=1)
+    except Exception as exc:
+        ev.error = error_text(exc, "HeadObject PartNumber=1")
+        return ev
+    if ev.metadata is None:
+        ev.metadata = h1.get("Metadata") or {}
+    count = h1.get("PartsCount") or nparts
+    first = int(h1.get("ContentLength") or 0)
+    if nparts and count and count != nparts:
+        ev.error = f"ETag says {nparts} parts but HeadObject reports PartsCount {count}"
+        return ev
+    offsets = _uniform_offsets(size, first, int(count or 0))
+    if offsets is None:
+        # irregular parts: ask for each part's length
+        lengths = [first]
+
+        async def part_len(i: int) -> int:
+            h = await _head(client, target, key, ev, PartNumber=i)
+            return int(h["ContentLength"])
+
+        try:
+            lengths += await gather_limited(range(2, int(count) + 1), part_len, 8)
+        except Exception as exc:
+            ev.error = error_text(exc, "HeadObject PartNumber")
+            return ev
+        if sum(lengths) != size:
+            ev.error = f"part lengths add up to {sum(lengths)}, object size is {size}"
+            return ev
+        acc, offs = 0, []
+        for n in lengths:
+            offs.append(acc)
+            acc += n
+        offsets = tuple(offs)
+    ev.parts, ev.part_size = len(offsets), first
+
+    if composite:
+        a, v = composite[0]
+        ev.kind, ev.algo, ev.expected = f"{a}-composite", a, v
+        whole: tuple[str, ...] = ()
+        if a in ambiguous:  # CRC32/CRC32C of unknown type: either reading counts
+            ev.alternatives.append((a, a, dict(full)[a]))
+            whole = (a,)
+        ev.spec = Spec(whole=_with_crc64(whole), parts=(a,), part_offsets=offsets)
+        return ev
+    ev.kind, ev.algo, ev.expected = "etag-multipart", "md5", etag.lower()
+    ev.spec = Spec(whole=_with_crc64(()), parts=("md5",), part_offsets=offsets)
+    return ev
+
+
+def plan_evidence(rows: list[dict], target: S3Target, mode: str, metadata: str,
+                  head_min_size: int, concurrency: int = 32) -> list[Evidence]:
+    """Evidence for every candidate row of a partition, HEADs sent concurrently."""
+    if not rows:
+        return []
+
+    async def _all():
+        client = await target.client()
+        return await gather_limited(
+            rows, lambda r: plan_one(client, target, r, mode, metadata, head_min_size),
+            concurrency,
+        )
+
+    return target.run(_all)
+
+
+async def _sse_of(client, target: S3Target, key: str) -> str | None:
+    h = await client.head_object(Bucket=target.bucket, Key=key)
+    return h.get("ServerSideEncryption") or h.get("SSECustomerAlgorithm")
+
+
+def encryption_of(target: S3Target, keys: list[str]) -> list[str | None]:
+    """Server-side encryption of objects whose single-part ETag did not equal the MD5.
+
+    An SSE-KMS or SSE-C ETag is not an MD5, so such a difference proves nothing.
+    """
+    if not keys:
+        return []
+
+    async def _all():
+        client = await target.client()
+
+        async def one(k):
+            try:
+                return await _sse_of(client, target, k)
+            except Exception:
+                return None
+
+        return await gather_limited(keys, one, 16)
+
+    return target.run(_all)
+
+
+# --- POSIX metadata as stored by FSx for Lustre / DataSync ------------------------------
+
+
+def _parse_time_ns(value: str) -> int | None:
+    v = value.strip()
+    try:
+        if v.endswith("ns"):
+            return int(v[:-2])
+        return int(v) * 1_000_000  # milliseconds
+    except ValueError:
+        return None
+
+
+def compare_posix_metadata(meta: dict | None, row: dict) -> tuple[bool, list[str]]:
+    """Compare stored POSIX metadata with the source; returns (checked, differing fields)."""
+    if not meta:
+        return False, []
+    meta = {k.lower(): v for k, v in meta.items()}
+    checked = False
+    diffs: list[str] = []
+    if "file-mtime" in meta:
+        checked = True
+        raw = meta["file-mtime"].strip()
+        ns = _parse_time_ns(raw)
+        src = int(row["src_mtime_ns"])
+        same = ns is not None and (ns == src if raw.endswith("ns") else ns // 1_000_000 ==
+                                   src // 1_000_000)
+        if not same:
+            diffs.append(f"mtime (source {src} ns, object {raw})")
+    for name, col in (("file-owner", "src_uid"), ("file-group", "src_gid")):
+        if name in meta:
+            checked = True
+            try:
+                ok = int(meta[name]) == int(row[col])
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                label = "uid" if col == "src_uid" else "gid"
+                diffs.append(f"{label} (source {row[col]}, object {meta[name]})")
+    if "file-permissions" in meta:
+        checked = True
+        try:
+            stored = int(meta["file-permissions"], 8)
+        except ValueError:
+            stored = -1
+        src_mode = int(row["src_mode"])
+        # with the file-type bits stored, compare all of st_mode; else the permission bits
+        ok = stored == src_mode if stored > 0o7777 else stored == (src_mode & 0o7777)
+        if not ok:
+            diffs.append(f"mode (source {src_mode:07o}, object {meta['file-permissions']})")
+    return checked, diffs

@@ -1,0 +1,326 @@
+"""The verification run: drives the stages over a Dask cluster.
+
+The driver (this module) only holds directory names, spool file names, futures
+and counts.  Rows live in Parquet under the run directory and in worker memory,
+one partition at a time:
+
+    inventory (walk / list tasks -> spool) -> compact (hash partitions)
+      -> per partition: plan (match + evidence) -> digest units -> finish (write)
+      -> report (summary.json, combined.txt, discrepancies.csv)
+
+The run directory must be on storage every worker can reach (the shared file
+system on an HPC cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from . import __version__
+from . import inventory as INV
+from . import reconcile as R
+from . import report as REP
+from .s3 import S3Target, preflight
+
+
+class ConfigError(Exception):
+    """A usage or configuration problem: reported in one line, exit code 2."""
+
+
+@dataclass
+class VerifyConfig:
+    """Settings of one verification run (CLI flags and job files fill it)."""
+
+    source: str
+    dest: str
+    out: str
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    mode: str = "stored"
+    metadata: str = "auto"
+    partitions: int | None = None
+    rows_per_partition: int = 250_000
+    walk_budget: int = 50_000
+    max_metadata_ops: float | None = None
+    fanout_depth: int = 2
+    head_min_size: int = 4 << 20
+    unit_bytes: int = 256 << 20
+    unit_files: int = 2000
+    range_bytes: int = 256 << 20
+    head_concurrency: int = 32
+    get_concurrency: int = 16
+    run_id: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_source(source: str) -> str:
+    """A local path or file:// URL to an absolute directory path."""
+    if "://" in source:
+        u = urlparse(source)
+        if u.scheme != "file":
+            raise ConfigError(
+                f"source must be a local path or file:// URL (Lustre is POSIX), got {source!r}"
+            )
+        if u.netloc not in ("", "localhost"):
+            raise ConfigError(f"file:// URL with a host is not supported: {source!r}")
+        source = unquote(u.path)
+    path = os.path.abspath(source)
+    if not os.path.exists(path):
+        raise ConfigError(f"source {source!r} does not exist")
+    if not os.path.isdir(path):
+        raise ConfigError(f"source {source!r} is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError(f"source {source!r} is not readable")
+    return path
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def _progress(log: Callable[[str], None] | None):
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+
+    return say
+
+
+def _submit_windowed(client, pending: list, submit, window: int, on_result) -> None:
+    """Keep at most ``window`` tasks in flight; ``on_result`` may add more to ``pending``."""
+    from distributed import as_completed
+
+    ac = as_completed()
+    inflight = 0
+
+    def fill():
+        nonlocal inflight
+        while pending and inflight < window:
+            ac.add(submit(pending.pop()))
+            inflight += 1
+
+    fill()
+    for fut in ac:
+        inflight -= 1
+        on_result(fut.result())
+        fut.release()
+        fill()
+
+
+def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
+    """Validate source and destination before any task is sent (exit 2 on failure)."""
+    from .s3 import S3ConfigError
+
+    root = resolve_source(cfg.source)
+    try:
+        target = S3Target.parse(cfg.dest, cfg.endpoint_url, cfg.profile, cfg.region)
+        preflight(target)
+    except S3ConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.mode not in ("stored", "readback"):
+        raise ConfigError(f"--mode must be stored or readback, got {cfg.mode!r}")
+    if cfg.metadata not in ("auto", "all", "off"):
+        raise ConfigError(f"--metadata must be auto, all or off, got {cfg.metadata!r}")
+    out = Path(cfg.out)
+    if (out / "summary.json").exists() or (out / "reconciliation").exists():
+        raise ConfigError(f"{cfg.out} already holds a run; choose a new --out directory")
+    return root, target
+
+
+def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print) -> dict:
+    """Run a whole verification on ``client``'s cluster; returns the summary dict."""
+    say = _progress(log)
+    root, target = prepare(cfg)
+    run_id = cfg.run_id or new_run_id()
+    run_dir = Path(cfg.out).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    nthreads = sum(w.get("nthreads", 1) for w in workers.values()) or 1
+    say(f"run {run_id}: {root} -> {target.url} ({len(workers)} workers, {nthreads} threads, "
+        f"mode {cfg.mode})")
+    dash = getattr(client, "dashboard_link", None)
+    if dash:
+        say(f"dashboard: {dash}")
+    cfg_record = {k: v for k, v in asdict(cfg).items() if k not in ("profile",)}
+    (run_dir / "run.json").write_text(json.dumps(
+        {"run_id": run_id, "config": cfg_record, "root": root, "dest": target.url,
+         "version": __version__, "started": started.isoformat()}, indent=2))
+
+    # --- 1. inventory, both sides at once -------------------------------------------
+    spool = run_dir / "inventory" / "_spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    window = max(2, 2 * nthreads)
+    ops_per_task = (cfg.max_metadata_ops / window) if cfg.max_metadata_ops else None
+    stats = {"src_rows": 0, "dst_rows": 0, "markers": 0, "list_requests": 0, "dirs": 0,
+             "metadata_ops": 0}
+    src_spools: list[tuple[str, int]] = []
+    dst_spools: list[tuple[str, int]] = []
+    list_errors: list[str] = []
+    seq = iter(range(1 << 62))
+    pending: list[tuple] = [("src", [b""]), ("dst", "", 0)]
+
+    def submit(job):
+        n = next(seq)
+        if job[0] == "src":
+            return client.submit(
+                _walk_job, root, job[1], str(spool / f"src-{n:08d}.parquet"),
+                target.prefix, cfg.walk_budget, ops_per_task, pure=False,
+                key=f"walk-{n}-{run_id}",
+            )
+        _, rel, depth = job
+        return client.submit(
+            _list_job, target, rel, depth, depth < cfg.fanout_depth,
+            str(spool / f"dst-{n:08d}.parquet"), pure=False, key=f"list-{n}-{run_id}",
+        )
+
+    def on_result(res):
+        if res["side"] == "src":
+            stats["src_rows"] += res["count"]
+            stats["dirs"] += res["dirs"]
+            stats["metadata_ops"] += res["ops"]
+            if res["spool"]:
+                src_spools.append((res["spool"], res["count"]))
+            dirs = res["pending"]
+            step = max(1, min(64, math.ceil(len(dirs) / window)))
+            for j in range(0, len(dirs), step):
+                pending.append(("src", dirs[j : j + step]))
+        else:
+            if res.get("error"):
+                list_errors.append(res["error"])
+            stats["dst_rows"] += res["count"]
+            stats["markers"] += res["markers"]
+            stats["list_requests"] += res["requests"]
+            if res["spool"]:
+                dst_spools.append((res["spool"], res["count"]))
+            for rel in res["pending"]:
+                pending.append(("dst", rel, res["depth"] + 1))
+
+    _submit_windowed(client, pending, submit, window, on_result)
+    if list_errors:
+        raise RuntimeError("destination listing failed: " + "; ".join(list_errors[:3]))
+    t_inv = time.monotonic()
+    say(f"inventory: source {stats['src_rows']:,} entries in {stats['dirs']:,} directories, "
+        f"destination {stats['dst_rows']:,} objects ({t_inv - t0:.1f} s)")
+
+    # --- 2. hash partitions --------------------------------------------------------------
+    nparts = cfg.partitions or max(
+        1, math.ceil(max(stats["src_rows"], stats["dst_rows"]) / cfg.rows_per_partition)
+    )
+    futs = []
+    for side, spools in (("src", src_spools), ("dst", dst_spools)):
+        out_dir = str(run_dir / "inventory" / side)
+        for gi, group in enumerate(_groups(spools, 1_000_000)):
+            futs.append(client.submit(INV.compact, group, out_dir, nparts, f"c{gi:05d}",
+                                      pure=False, key=f"compact-{side}-{gi}-{run_id}"))
+    client.gather(futs)
+    shutil.rmtree(spool, ignore_errors=True)
+    t_part = time.monotonic()
+    say(f"partitioned into {nparts} partition(s) ({t_part - t_inv:.1f} s)")
+
+    # --- 3+4. per partition: plan, digest, reconcile -----------------------------------------
+    ctx = R.Context(
+        root=root, target=target, run_dir=str(run_dir), run_id=run_id, mode=cfg.mode,
+        metadata=cfg.metadata, head_min_size=cfg.head_min_size, unit_bytes=cfg.unit_bytes,
+        unit_files=cfg.unit_files, range_bytes=cfg.range_bytes,
+        head_concurrency=cfg.head_concurrency, get_concurrency=cfg.get_concurrency,
+    )
+    ctx = replace(ctx, min_units=4 * nthreads)
+    totals = REP.empty_totals()
+    pending_parts = list(range(nparts - 1, -1, -1))
+
+    def submit_part(p):
+        return client.submit(_partition_job, ctx, p, pure=False, key=f"partition-{p}-{run_id}")
+
+    def on_part(res):
+        REP.add_totals(totals, res)
+        done = totals["partitions"]
+        if nparts > 1:
+            say(f"partition {done}/{nparts} done: {totals['rows']:,} keys, "
+                f"{totals['bytes_read_src'] / 1e9:.2f} GB read")
+
+    _submit_windowed(client, pending_parts, submit_part, max(2, min(nparts, nthreads)), on_part)
+    t_rec = time.monotonic()
+    say(f"digest and reconcile: {totals['rows']:,} keys, "
+        f"{totals['bytes_read_src'] / 1e9:.2f} GB read from source, "
+        f"{totals['bytes_read_dst'] / 1e9:.2f} GB from destination ({t_rec - t_part:.1f} s)")
+
+    finished = datetime.now(UTC)
+    summary = REP.build_summary(
+        run_id=run_id, root=root, dest=target.url, mode=cfg.mode, totals=totals,
+        started=started, finished=finished, nparts=nparts, stats=stats,
+        workers=sorted(workers), hostname=socket.gethostname(),
+        timings={"inventory_s": round(t_inv - t0, 3), "partition_s": round(t_part - t_inv, 3),
+                 "reconcile_s": round(t_rec - t_part, 3),
+                 "total_s": round(time.monotonic() - t0, 3)},
+    )
+    REP.write_outputs(run_dir, summary)
+    return summary
+
+
+def _groups(spools: list[tuple[str, int]], max_rows: int) -> list[list[str]]:
+    groups: list[list[str]] = []
+    cur: list[str] = []
+    rows = 0
+    for path, n in spools:
+        if cur and rows + n > max_rows:
+            groups.append(cur)
+            cur, rows = [], 0
+        cur.append(path)
+        rows += n
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _list_job(target: S3Target, rel: str, depth: int, delimiter: bool, spool: str) -> dict:
+    res = INV.list_prefix(target, rel, delimiter, spool)
+    res["side"] = "dst"
+    res["depth"] = depth
+    if not delimiter:
+        res["pending"] = []
+    return res
+
+
+def _walk_job(*args, **kwargs) -> dict:
+    res = INV.walk_dirs(*args, **kwargs)
+    res["side"] = "src"
+    return res
+
+
+def _partition_job(ctx: R.Context, part: int) -> dict:
+    """One partition end to end, fanning its digest units out to the whole cluster.
+
+    The task secedes from its worker's thread pool while the units run, so
+    partition tasks never starve the digest units of threads.
+    """
+    from distributed import get_client, rejoin, secede
+
+    plan = R.plan_partition(ctx, part)
+    units = plan["units"]
+    if not units:
+        return R.finish_partition(ctx, plan)
+    client = get_client()
+    futs = [
+        client.submit(R.run_unit, ctx, [u], 0, pure=False, key=f"digest-p{part}-u{i}-{ctx.run_id}")
+        for i, u in enumerate(units)
+    ]
+    secede()
+    try:
+        results = client.gather(futs)
+    finally:
+        rejoin()
+    return R.finish_partition(ctx, plan, *results)

@@ -1,0 +1,319 @@
+"""Stage 4, reconcile: per partition, from matched rows and digests to one status per key.
+
+A partition is processed by two kinds of Dask task: :func:`plan_partition`
+(match + evidence, returns the work units) and :func:`finish_partition`
+(folds the units' digests, compares, writes ``reconciliation/part-NNNNN.parquet``
+atomically and returns only counts).  Between them, the digest units run
+anywhere in the cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from . import digest as D
+from . import schema as S
+from .evidence import Evidence, compare_posix_metadata, encryption_of, plan_evidence
+from .inventory import read_partition, write_atomic
+from .match import match_partition
+from .s3 import S3Target
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a partition task needs; small and picklable."""
+
+    root: str
+    target: S3Target
+    run_dir: str
+    run_id: str
+    mode: str = "stored"  # or "readback"
+    metadata: str = "auto"  # compare when a HEAD/GET returned it; "all" HEADs every object; "off"
+    head_min_size: int = 4 << 20
+    unit_bytes: int = 256 << 20
+    unit_files: int = 2000
+    range_bytes: int = 256 << 20
+    head_concurrency: int = 32
+    get_concurrency: int = 16
+    min_units: int = 8  # split small partitions into at least this many units
+
+    @property
+    def src_inv(self) -> str:
+        return str(Path(self.run_dir) / "inventory" / "src")
+
+    @property
+    def dst_inv(self) -> str:
+        return str(Path(self.run_dir) / "inventory" / "dst")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / "reconciliation"
+
+    def part_path(self, part: int) -> Path:
+        return self.out_dir / f"part-{part:05d}.parquet"
+
+
+def plan_partition(ctx: Context, part: int) -> dict:
+    """Match one partition and choose evidence; returns rows, evidence and work units."""
+    src = read_partition(ctx.src_inv, part, S.SOURCE_INVENTORY)
+    dst = read_partition(ctx.dst_inv, part, S.DEST_INVENTORY)
+    m = match_partition(src, dst)
+    cand_idx = m.index[m["status"].isna()].tolist()
+    cand_rows = [_row_dict(m, i) for i in cand_idx]
+    evs = plan_evidence(cand_rows, ctx.target, ctx.mode, ctx.metadata, ctx.head_min_size,
+                        ctx.head_concurrency)
+    broot = os.fsencode(ctx.root)
+    evidence: dict[int, Evidence] = {}
+    items: list[D.FileItem] = []
+    for i, row, ev in zip(cand_idx, cand_rows, evs, strict=True):
+        evidence[i] = ev
+        if ev.error or ev.unverified:
+            continue
+        items.append(
+            D.FileItem(
+                idx=i,
+                path=broot + b"/" + bytes(row["key_bytes"]),
+                size=int(row["src_size"]),
+                mtime_ns=int(row["src_mtime_ns"]),
+                spec=ev.spec,
+                dst_key=ctx.target.prefix + row["dst_rel"] if ctx.mode == "readback" else None,
+            )
+        )
+    # a small partition is still spread over every thread of the cluster
+    total = sum(it.size for it in items)
+    unit_bytes = min(ctx.unit_bytes, max(16 << 20, total // ctx.min_units))
+    unit_files = min(ctx.unit_files, max(100, len(items) // ctx.min_units))
+    range_bytes = min(ctx.range_bytes, max(32 << 20, total // ctx.min_units))
+    units = D.make_units(items, unit_bytes, unit_files, range_bytes)
+    return {"part": part, "frame": m, "evidence": evidence, "units": units,
+            "requests": sum(e.requests for e in evs)}
+
+
+def units_of(plan: dict) -> list[D.Unit]:
+    return plan["units"]
+
+
+def run_unit(ctx: Context, units: list[D.Unit], i: int) -> dict:
+    """Digest work unit ``i`` of a partition (a Dask task of its own)."""
+    target = ctx.target if ctx.mode == "readback" else None
+    return D.run_unit(units[i], target, ctx.get_concurrency)
+
+
+def _row_dict(m: pd.DataFrame, i: int) -> dict:
+    row = m.loc[i].to_dict()
+    return {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v)
+            for k, v in row.items()}
+
+
+def _computed(ev: Evidence, res: dict) -> tuple[str | None, list[str]]:
+    """The source value in the evidence's encoding, and alternative readings."""
+    a = ev.algo
+    if ev.kind == "etag-md5":
+        return res["hash"]["md5"].hex(), []
+    if ev.kind == "etag-multipart":
+        return D.multipart_etag(res["parts"]["md5"]), []
+    if ev.kind and ev.kind.endswith("-composite"):
+        alts = [D.crc_b64(a, res["crc"][a])] if ev.alternatives else []
+        return D.composite(a, res["parts"][a]), alts
+    if a in D.CRC_FUNCS:
+        return D.crc_b64(a, res["crc"][a]), []
+    if a in ("sha256", "sha1"):
+        return base64.b64encode(res["hash"][a]).decode(), []
+    return None, []
+
+
+def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
+    """Compare digests with evidence, set every row's status, write the partition output."""
+    m: pd.DataFrame = plan["frame"]
+    evidence: dict[int, Evidence] = plan["evidence"]
+    src_ranges: dict[int, list[dict]] = defaultdict(list)
+    dst_ranges: dict[int, list[dict]] = defaultdict(list)
+    dst_meta: dict[int, dict] = {}
+    for res in unit_results:
+        for r in res["src"]:
+            src_ranges[r["idx"]].append(r)
+        for r in res["dst"] or ():
+            dst_ranges[r["idx"]].append(r)
+            if r.get("metadata") is not None:
+                dst_meta[r["idx"]] = r["metadata"]
+
+    n = len(m)
+    out = {c: [None] * n for c in (
+        "verified_by", "dst_parts", "dst_part_size", "dst_checksum_algorithm",
+        "dst_checksum_type", "dst_checksum", "src_digest", "src_crc64nvme", "bytes_read_src",
+        "bytes_read_dst")}
+    out["metadata_checked"] = [False] * n
+    status = m["status"].astype(object).where(m["status"].notna(), None).tolist()
+    detail = m["detail"].astype(object).where(m["detail"].notna(), None).tolist()
+    sse_check: list[int] = []
+
+    for i, ev in evidence.items():
+        out["dst_parts"][i] = ev.parts
+        out["dst_part_size"][i] = ev.part_size
+        out["dst_checksum_algorithm"][i] = ev.checksum_algorithm
+        out["dst_checksum_type"][i] = ev.checksum_type
+        out["dst_checksum"][i] = ev.expected
+        if ev.error:
+            status[i], detail[i] = S.DEST_ERROR, ev.error
+            continue
+        if ev.unverified:
+            status[i], detail[i] = S.UNVERIFIED, ev.unverified
+            continue
+        size = int(m.at[i, "src_size"])
+        res = D.combine_ranges(src_ranges.get(i, []), ev.spec, size)
+        out["bytes_read_src"][i] = res.get("bytes", 0)
+        if res["error"]:
+            status[i], detail[i] = S.SOURCE_ERROR, res["error"]
+            continue
+        if "crc64nvme" in res["crc"]:
+            out["src_crc64nvme"][i] = f"{res['crc']['crc64nvme']:016x}"
+        if ev.kind == "readback":
+            dres = D.combine_ranges(dst_ranges.get(i, []), ev.spec, size)
+            out["bytes_read_dst"][i] = dres.get("bytes", 0)
+            if dres["error"]:
+                status[i], detail[i] = S.DEST_ERROR, dres["error"]
+                continue
+            got = D.crc_b64("crc64nvme", res["crc"]["crc64nvme"])
+            want = D.crc_b64("crc64nvme", dres["crc"]["crc64nvme"])
+            out["src_digest"][i], out["dst_checksum"][i] = got, want
+            out["verified_by"][i] = "readback"
+            same = got == want
+            what = f"CRC64NVME of source {got} != CRC64NVME read back {want}"
+            if ev.metadata is None and i in dst_meta:
+                ev.metadata = dst_meta[i]
+        else:
+            got, alts = _computed(ev, res)
+            out["src_digest"][i] = got
+            out["verified_by"][i] = ev.kind
+            same = got == ev.expected or any(
+                alt == v for alt in alts for (_, _, v) in ev.alternatives
+            )
+            if not same and alts:
+                out["verified_by"][i] = ev.kind
+            what = f"{ev.kind}: source {got} != destination {ev.expected}"
+            if not same and ev.kind == "etag-md5":
+                sse_check.append(i)
+        if not same:
+            status[i], detail[i] = S.CONTENT_MISMATCH, what
+            continue
+        row = _row_dict(m, i)
+        if ctx.metadata != "off":
+            checked, diffs = compare_posix_metadata(ev.metadata, row)
+            out["metadata_checked"][i] = checked
+            if diffs:
+                status[i] = S.METADATA_MISMATCH
+                detail[i] = "content equal; metadata differs: " + "; ".join(diffs)
+                continue
+        status[i] = S.MATCH
+        detail[i] = None
+
+    # an ETag that is not an MD5 (SSE-KMS, SSE-C) proves nothing either way
+    if sse_check:
+        keys = [ctx.target.prefix + m.at[i, "dst_rel"] for i in sse_check]
+        for i, sse in zip(sse_check, encryption_of(ctx.target, keys), strict=True):
+            if sse and sse != "AES256":
+                status[i] = S.UNVERIFIED
+                detail[i] = f"object is encrypted with {sse}: its ETag is not an MD5"
+                out["verified_by"][i] = None
+
+    # Unicode-equivalent pairs are reported as such, with the content result kept
+    pairs = m["name_pair"].fillna(False).astype(bool).tolist()
+    for i, is_pair in enumerate(pairs):
+        if not is_pair:
+            continue
+        content = {
+            S.MATCH: f"content matches ({out['verified_by'][i]})",
+            S.METADATA_MISMATCH: f"content matches ({out['verified_by'][i]}), {detail[i]}",
+        }.get(status[i], f"{status[i]}: {detail[i]}")
+        detail[i] = (
+            f"destination holds this file as {m.at[i, 'dst_rel']!r} (Unicode normalization "
+            f"differs, byte-wise a different key); {content}"
+        )
+        status[i] = S.NAME_MISMATCH
+
+    for i, st in enumerate(status):
+        if st in (S.MATCH,) and out["verified_by"][i] is None:
+            # a MATCH always names its evidence; anything else is a defect
+            raise AssertionError(f"MATCH without evidence for {m.at[i, 'key']!r}")
+
+    table = _to_table(ctx, plan["part"], m, status, detail, out)
+    write_atomic(table, ctx.part_path(plan["part"]))
+    return summarize(table) | {"requests": plan.get("requests", 0)}
+
+
+def _col(m: pd.DataFrame, name: str) -> list:
+    if name not in m:
+        return [None] * len(m)
+    s = m[name]
+    return s.astype(object).where(s.notna(), None).tolist()
+
+
+def _to_table(ctx: Context, part: int, m: pd.DataFrame, status: list, detail: list,
+              out: dict) -> pa.Table:
+    n = len(m)
+    dst_rel = _col(m, "dst_rel")
+    key_bytes = _col(m, "key_bytes")
+    keys = _col(m, "key")
+    cols = {
+        "key": keys,
+        "key_bytes": [kb if kb is not None else k.encode() for kb, k in
+                      zip(key_bytes, keys, strict=True)],
+        "dst_key": [ctx.target.prefix + d if d is not None else None for d in dst_rel],
+        "status": status,
+        "verified_by": out["verified_by"],
+        "detail": detail,
+        "src_kind": _col(m, "src_kind"),
+        "src_size": _col(m, "src_size"),
+        "dst_size": _col(m, "dst_size"),
+        "src_mtime_ns": _col(m, "src_mtime_ns"),
+        "src_ctime_ns": _col(m, "src_ctime_ns"),
+        "src_ino": _col(m, "src_ino"),
+        "src_uid": _col(m, "src_uid"),
+        "src_gid": _col(m, "src_gid"),
+        "src_mode": _col(m, "src_mode"),
+        "dst_etag": _col(m, "dst_etag"),
+        "dst_last_modified_ns": _col(m, "dst_last_modified_ns"),
+        "dst_storage_class": _col(m, "dst_storage_class"),
+        "dst_parts": out["dst_parts"],
+        "dst_part_size": out["dst_part_size"],
+        "dst_checksum_algorithm": [
+            a or b for a, b in zip(out["dst_checksum_algorithm"],
+                                   _col(m, "dst_checksum_algorithm"), strict=True)
+        ],
+        "dst_checksum_type": out["dst_checksum_type"],
+        "dst_checksum": out["dst_checksum"],
+        "src_digest": out["src_digest"],
+        "src_crc64nvme": out["src_crc64nvme"],
+        "metadata_checked": out["metadata_checked"],
+        "bytes_read_src": out["bytes_read_src"],
+        "bytes_read_dst": out["bytes_read_dst"],
+        "partition": [part] * n,
+        "evidence_run": [ctx.run_id] * n,
+    }
+    table = pa.table(cols, schema=S.RECONCILIATION)
+    return table.sort_by("key")
+
+
+def summarize(table: pa.Table) -> dict:
+    """Counts and bytes per status and evidence kind of one reconciliation table."""
+    df = table.select(["status", "verified_by", "src_size", "dst_size", "bytes_read_src",
+                       "bytes_read_dst"]).to_pandas()
+    size = df["src_size"].fillna(df["dst_size"]).fillna(0)
+    counts = df["status"].value_counts().to_dict()
+    nbytes = size.groupby(df["status"]).sum().to_dict()
+    evid = df["verified_by"].value_counts().to_dict()
+    return {
+        "counts": {k: int(v) for k, v in counts.items()},
+        "bytes": {k: int(v) for k, v in nbytes.items()},
+        "verified_by": {k: int(v) for k, v in evid.items()},
+        "bytes_read_src": int(df["bytes_read_src"].fillna(0).sum()),
+        "bytes_read_dst": int(df["bytes_read_dst"].fillna(0).sum()),
+        "rows": len(df),
+    }

@@ -1,0 +1,188 @@
+"""The destination side: S3 through s3fs/aiobotocore.
+
+s3fs supplies the session, the standard AWS credential chain and the event
+loop; requests go to its aiobotocore client directly so that errors keep their
+S3 error codes (s3fs would fold them into OSError) and so that HeadObject can
+ask for ChecksumMode and PartNumber.  Every call is read-only: List, Head, Get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import fsspec.asyn
+
+T = TypeVar("T")
+
+#: botocore client settings: bounded retries with backoff, bounded connect time,
+#: so an unreachable endpoint is an error within seconds, not a hang.
+DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
+    "retries": {"max_attempts": 6, "mode": "standard"},
+    "connect_timeout": 5,
+    "read_timeout": 60,
+    "max_pool_connections": 64,
+}
+
+#: the only S3 operations this tool ever sends
+READ_ONLY_OPERATIONS = ("ListObjectsV2", "HeadBucket", "HeadObject", "GetObject")
+
+
+class S3ConfigError(Exception):
+    """The destination cannot be used at all (bad URL, bucket, credentials, endpoint)."""
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """Where the objects are: bucket, key prefix and how to reach the endpoint."""
+
+    bucket: str
+    prefix: str = ""  # "" or ends with "/"
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        url: str,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+        region: str | None = None,
+    ) -> S3Target:
+        """Parse ``s3://bucket/prefix``; the prefix is a folder (``wise`` means ``wise/``)."""
+        if not url.startswith("s3://"):
+            raise S3ConfigError(f"destination must be an s3://bucket/prefix URL, got {url!r}")
+        rest = url[len("s3://") :]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise S3ConfigError(f"no bucket in destination URL {url!r}")
+        if any(c in bucket for c in " \\?#") or len(bucket) < 3 or len(bucket) > 63:
+            raise S3ConfigError(f"{bucket!r} is not a valid S3 bucket name")
+        prefix = prefix.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        endpoint_url = (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        return cls(bucket, prefix, endpoint_url or None, profile, region)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def fs(self):
+        """The process-wide s3fs filesystem for this endpoint (fsspec caches instances)."""
+        import s3fs
+
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint_url:
+            client_kwargs["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        extra = {"profile": self.profile} if self.profile else {}
+        return s3fs.S3FileSystem(
+            client_kwargs=client_kwargs, config_kwargs=DEFAULT_CLIENT_CONFIG, **extra
+        )
+
+    async def client(self):
+        return await self.fs().set_session()
+
+    def run(self, make_coro: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine on s3fs' event loop from synchronous (Dask task) code."""
+        fs = self.fs()
+
+        async def _go():
+            return await make_coro()
+
+        return fsspec.asyn.sync(fs.loop, _go)
+
+
+def error_text(exc: BaseException, op: str = "") -> str:
+    """A one-line description of an S3 failure that keeps the S3 error code."""
+    from botocore.exceptions import ClientError
+
+    where = f"{op}: " if op else ""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code", "?")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        msg = err.get("Message") or ""
+        return f"{where}HTTP {status} {code}{': ' + msg if msg else ''}".strip()
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
+def error_code(exc: BaseException) -> str | None:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code"))
+    return None
+
+
+def preflight(target: S3Target) -> None:
+    """Fail fast, with one clear sentence, when the destination cannot be used."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    async def _check():
+        client = await target.client()
+        await client.head_bucket(Bucket=target.bucket)
+
+    where = target.endpoint_url or "AWS S3"
+    try:
+        target.run(_check)
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise S3ConfigError(
+            f"no usable AWS credentials for {target.url} ({exc}); set AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role"
+        ) from None
+    except EndpointConnectionError:
+        raise S3ConfigError(f"cannot reach the S3 endpoint {where}") from None
+    except ClientError as exc:
+        code = error_code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise S3ConfigError(f"bucket {target.bucket!r} does not exist at {where}") from None
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                    "ExpiredToken", "AuthorizationHeaderMalformed"):
+            raise S3ConfigError(
+                f"the S3 endpoint {where} rejected the credentials ({code})"
+            ) from None
+        if code in ("403", "AccessDenied", "Forbidden") or status == 403:
+            raise S3ConfigError(
+                f"access denied to bucket {target.bucket!r} at {where} "
+                "(check the credentials and the bucket policy)"
+            ) from None
+        raise S3ConfigError(f"cannot use {target.url}: {error_text(exc, 'HeadBucket')}") from None
+    except Exception as exc:  # DNS failures, TLS errors, bad endpoint URLs
+        text = str(exc) or type(exc).__name__
+        raise S3ConfigError(f"cannot reach the S3 endpoint {where}: {text}") from None
+
+
+async def gather_limited(
+    items: Iterable[Any], fn: Callable[[Any], Awaitable[T]], limit: int = 32
+) -> list[T]:
+    """Run ``fn`` over ``items`` with at most ``limit`` requests in flight, in order."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(item):
+        async with sem:
+            return await fn(item)
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def strip_etag(etag: str | None) -> str | None:
+    if etag is None:
+        return None
+    return etag.strip().strip('"')

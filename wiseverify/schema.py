@@ -1,0 +1,156 @@
+"""Arrow schemas and status vocabulary, declared once.
+
+Every stage reads and writes these tables, so a notebook or another tool can
+open any intermediate Parquet file of a run directory and know its columns.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- statuses (one per key) -------------------------------------------------
+
+MATCH = "MATCH"
+MISSING_IN_DEST = "MISSING_IN_DEST"
+EXTRA_IN_DEST = "EXTRA_IN_DEST"
+SIZE_MISMATCH = "SIZE_MISMATCH"
+CONTENT_MISMATCH = "CONTENT_MISMATCH"
+METADATA_MISMATCH = "METADATA_MISMATCH"
+NAME_MISMATCH = "NAME_MISMATCH"
+NAME_UNMAPPABLE = "NAME_UNMAPPABLE"
+UNVERIFIED = "UNVERIFIED"
+SKIPPED = "SKIPPED"
+SOURCE_ERROR = "SOURCE_ERROR"
+DEST_ERROR = "DEST_ERROR"
+
+STATUSES: tuple[str, ...] = (
+    MATCH,
+    MISSING_IN_DEST,
+    EXTRA_IN_DEST,
+    SIZE_MISMATCH,
+    CONTENT_MISMATCH,
+    METADATA_MISMATCH,
+    NAME_MISMATCH,
+    NAME_UNMAPPABLE,
+    UNVERIFIED,
+    SKIPPED,
+    SOURCE_ERROR,
+    DEST_ERROR,
+)
+
+#: statuses that do not count as a discrepancy (exit code 0)
+CLEAN_STATUSES = frozenset({MATCH, SKIPPED})
+
+#: rclone ``--combined`` sigils.  SKIPPED keys are deliberately not checked and,
+#: like rclone's own skipped entries, do not appear in combined.txt.
+SIGILS: dict[str, str] = {
+    MATCH: "=",
+    MISSING_IN_DEST: "+",
+    EXTRA_IN_DEST: "-",
+    SIZE_MISMATCH: "*",
+    CONTENT_MISMATCH: "*",
+    METADATA_MISMATCH: "*",
+    NAME_MISMATCH: "*",
+    NAME_UNMAPPABLE: "!",
+    UNVERIFIED: "!",
+    SOURCE_ERROR: "!",
+    DEST_ERROR: "!",
+}
+
+# --- source entry kinds -----------------------------------------------------
+
+KIND_FILE = "file"
+KIND_DIR = "dir"
+KIND_SYMLINK = "symlink"
+KIND_FIFO = "fifo"
+KIND_SOCKET = "socket"
+KIND_CHAR = "chardev"
+KIND_BLOCK = "blockdev"
+KIND_ERROR = "error"
+
+# --- tables -----------------------------------------------------------------
+
+#: one row per source entry (files and the non-regular entries we report)
+SOURCE_INVENTORY = pa.schema(
+    [
+        ("key", pa.string()),  # display key, backslashreplace for non-UTF-8
+        ("key_bytes", pa.binary()),  # exact relative path bytes
+        ("nkey", pa.string()),  # NFC-normalised key: partition and name-match key
+        ("kind", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("ctime_ns", pa.int64()),
+        ("ino", pa.uint64()),
+        ("dev", pa.uint64()),
+        ("nlink", pa.int64()),
+        ("uid", pa.int64()),
+        ("gid", pa.int64()),
+        ("mode", pa.int64()),
+        ("blocks", pa.int64()),
+        ("name_problem", pa.string()),  # why the name cannot be an S3 key, else null
+        ("error", pa.string()),  # lstat error text, else null
+    ]
+)
+
+#: one row per destination object (folder markers excluded)
+DEST_INVENTORY = pa.schema(
+    [
+        ("key", pa.string()),  # relative to the destination prefix
+        ("nkey", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),  # without quotes
+        ("last_modified_ns", pa.int64()),
+        ("storage_class", pa.string()),
+        ("checksum_algorithm", pa.string()),  # comma-separated, as listed
+        ("checksum_type", pa.string()),
+    ]
+)
+
+#: the output contract: RUN_DIR/reconciliation/, one row per key
+RECONCILIATION = pa.schema(
+    [
+        ("key", pa.string()),
+        ("key_bytes", pa.binary()),
+        ("dst_key", pa.string()),  # full object key including the prefix
+        ("status", pa.string()),
+        ("verified_by", pa.string()),
+        ("detail", pa.string()),
+        ("src_kind", pa.string()),
+        ("src_size", pa.int64()),
+        ("dst_size", pa.int64()),
+        ("src_mtime_ns", pa.int64()),
+        ("src_ctime_ns", pa.int64()),
+        ("src_ino", pa.uint64()),
+        ("src_uid", pa.int64()),
+        ("src_gid", pa.int64()),
+        ("src_mode", pa.int64()),
+        ("dst_etag", pa.string()),
+        ("dst_last_modified_ns", pa.int64()),
+        ("dst_storage_class", pa.string()),
+        ("dst_parts", pa.int32()),
+        ("dst_part_size", pa.int64()),
+        ("dst_checksum_algorithm", pa.string()),
+        ("dst_checksum_type", pa.string()),
+        ("dst_checksum", pa.string()),  # the stored value the source was compared with
+        ("src_digest", pa.string()),  # the value computed from the source, same encoding
+        ("src_crc64nvme", pa.string()),  # whole-file CRC64NVME when computed (hex)
+        ("metadata_checked", pa.bool_()),
+        ("bytes_read_src", pa.int64()),
+        ("bytes_read_dst", pa.int64()),
+        ("partition", pa.int32()),
+        ("evidence_run", pa.string()),  # run id whose evidence decided this row
+    ]
+)
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    """An empty table with ``schema``; stages return it rather than None."""
+    return schema.empty_table()
+
+
+def from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Build a table from row dicts, filling absent columns with nulls."""
+    if not rows:
+        return empty(schema)
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.table(cols, schema=schema)
