@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Set up everything wiseverify needs on a clean Debian machine, then run it.
+#
+#   scripts/quickstart.sh demo   # build a demo tree, start a local S3 endpoint, verify it
+#   scripts/quickstart.sh test   # the whole test suite (as root: also local SLURM daemons)
+#
+# Idempotent: the virtual environment in .venv is created once and reused.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+venv="${WISEVERIFY_VENV:-$here/.venv}"
+python="${PYTHON:-python3}"
+
+die() { echo "quickstart: $*" >&2; exit 2; }
+
+command -v "$python" >/dev/null || die "$python not found; install Python >= 3.11"
+"$python" - <<'PY' || die "Python >= 3.11 is required"
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+apt_install() {
+    # only as root and only when something is missing
+    [ "$(id -u)" = 0 ] || die "missing system packages ($*) and not root to install them"
+    command -v apt-get >/dev/null || die "missing system packages ($*) and no apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if [ ! -f /tmp/.wiseverify-apt-updated ]; then
+        apt-get update -qq && touch /tmp/.wiseverify-apt-updated
+    fi
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+setup_venv() {
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! "$python" -m venv "$venv" 2>/dev/null; then
+            rm -rf "$venv"
+            ver="$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+            apt_install "python${ver}-venv" || apt_install python3-venv
+            "$python" -m venv "$venv"
+        fi
+    fi
+    stamp="$venv/.wiseverify-installed"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+        "$venv/bin/python" -m pip install -q -e ".[test,bench]"
+        touch "$stamp"
+    fi
+}
+
+case "${1:-}" in
+    demo)
+        shift
+        setup_venv
+        exec "$venv/bin/wiseverify" demo "$@"
+        ;;
+    test)
+        shift
+        setup_venv
+        if [ "$(id -u)" = 0 ] && [ -x scripts/slurm-local.sh ]; then
+            scripts/slurm-local.sh start
+        fi
+        "$venv/bin/ruff" check wiseverify tests benchmarks
+        exec "$venv/bin/python" -m pytest -q "$@"
+        ;;
+    *)
+        echo "usage: scripts/quickstart.sh demo|test [args]" >&2
+        exit 2
+        ;;
+esac
