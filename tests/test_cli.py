@@ -1,0 +1,119 @@
+"""The command line as a user meets it: help, exit codes, one-line configuration errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from wiseverify.locals3 import free_port
+
+from .s3proxy import Faults, S3Proxy
+
+
+def wv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wiseverify.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_config_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_help_lists_options_and_exit_codes():
+    proc = wv("verify", "--help")
+    assert proc.returncode == 0
+    for opt in ("--out", "--endpoint-url", "--scheduler", "--workers", "--mode", "--partitions"):
+        assert opt in proc.stdout
+    assert "Exit codes" in proc.stdout
+
+
+@pytest.fixture
+def small_tree(tmp_path, s3, bucket):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"alpha")
+    s3.client().put_object(Bucket=bucket, Key="w/a.txt", Body=b"alpha")
+    return root
+
+
+def test_source_not_found(tmp_path, s3, bucket):
+    proc = wv("verify", str(tmp_path / "nope"), f"s3://{bucket}/w", "--out",
+              str(tmp_path / "r"), "--endpoint-url", s3.url)
+    assert_config_error(proc, "does not exist")
+
+
+def test_dest_not_an_s3_url(small_tree, tmp_path):
+    proc = wv("verify", str(small_tree), "/some/path", "--out", str(tmp_path / "r"))
+    assert_config_error(proc, "s3://bucket/prefix")
+
+
+def test_missing_bucket(small_tree, tmp_path, s3):
+    proc = wv("verify", str(small_tree), "s3://no-such-bucket-xyz/w", "--out",
+              str(tmp_path / "r"), "--endpoint-url", s3.url)
+    assert_config_error(proc, "bucket 'no-such-bucket-xyz' does not exist")
+
+
+def test_endpoint_unreachable_fails_fast(small_tree, tmp_path, bucket):
+    t0 = time.monotonic()
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r"),
+              "--endpoint-url", f"http://127.0.0.1:{free_port()}", timeout=120)
+    assert_config_error(proc, "cannot reach the S3 endpoint")
+    assert time.monotonic() - t0 < 120
+
+
+def test_access_denied_is_one_line(small_tree, tmp_path, s3, bucket):
+    with S3Proxy(s3.url, Faults(deny_keys=(bucket,))) as proxy:
+        proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r"),
+                  "--endpoint-url", proxy.url)
+    assert_config_error(proc, "access denied")
+
+
+def test_no_credentials(small_tree, tmp_path, s3, bucket):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wiseverify.cli", "verify", str(small_tree), f"s3://{bucket}/w",
+         "--out", str(tmp_path / "r"), "--endpoint-url", s3.url],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert_config_error(proc, "credentials")
+
+
+def test_unreachable_scheduler(small_tree, tmp_path, s3, bucket):
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r"),
+              "--endpoint-url", s3.url, "--scheduler", f"tcp://127.0.0.1:{free_port()}")
+    assert_config_error(proc, "Dask scheduler")
+
+
+def test_exit_codes_and_no_overwrite(small_tree, tmp_path, s3, bucket):
+    out = tmp_path / "r"
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(out),
+              "--endpoint-url", s3.url, "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("wiseverify PASS ") and "keys=1 " in last
+    # an existing run is never overwritten
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(out),
+              "--endpoint-url", s3.url)
+    assert_config_error(proc, "already holds a run")
+    # a discrepancy gives exit 1
+    (small_tree / "b.txt").write_bytes(b"beta")
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r2"),
+              "--endpoint-url", s3.url, "--workers", "1", "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert "discrepancies=1" in proc.stdout
+    # report rebuilds the outputs of a finished run
+    proc = wv("report", str(out))
+    assert proc.returncode == 0 and "MATCH" in proc.stdout
+    proc = wv("report", str(tmp_path))
+    assert_config_error(proc, "not a completed run directory")
