@@ -1,4 +1,4 @@
-"""Command line: ``wiseverify verify|report|demo``.
+"""Command line: ``wiseverify verify|report|audit|demo``.
 
 Exit codes (for cron, scrontab and CI alerting):
   0  every key MATCH or SKIPPED
@@ -72,12 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--head-min-size", type=_size, default=4 << 20, metavar="SIZE",
                    help="single-part objects at least this big get a HEAD for a stored CRC "
                    "instead of an MD5 of the ETag (default 4MiB)")
+    v.add_argument("--previous-run", metavar="RUN_DIR",
+                   help="run whose manifest this run's audit manifest links to (default: the "
+                   "newest earlier run under the same parent directory)")
+    v.add_argument("--progress", choices=["auto", "tty", "plain"], default="auto",
+                   help="auto: a live line on a terminal, a plain line every "
+                   "WISEVERIFY_PROGRESS_INTERVAL seconds (default 30) otherwise")
     v.add_argument("--quiet", action="store_true", help="no progress lines")
     v.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    r = sub.add_parser("report", help="rebuild combined.txt, discrepancies.csv and the "
-                       "summary table of RUN_DIR")
+    r = sub.add_parser("report", help="rebuild combined.txt, discrepancies.csv, report.html "
+                       "and the summary table of RUN_DIR")
     r.add_argument("run_dir")
+
+    a = sub.add_parser(
+        "audit", help="re-hash every file of RUN_DIR against its manifest.json and walk the "
+        "chain of earlier runs",
+        description="Recompute the SHA-256 of every file of a run, the counts per status and "
+        "the chain of previous manifests; check the HMAC signature when "
+        "WISEVERIFY_AUDIT_HMAC_KEY is set.",
+        epilog="Exit codes: 0 intact, 1 modified/missing/unlisted file, bad signature or "
+        "broken chain link, 2 no usable manifest.",
+    )
+    a.add_argument("run_dir")
+    a.add_argument("--deep", action="store_true",
+                   help="also re-hash the files of every earlier run in the chain")
+    a.add_argument("--require-signature", action="store_true",
+                   help="fail when the manifest is unsigned or its signature cannot be checked")
+    a.add_argument("--json", action="store_true", help="machine-readable result")
 
     d = sub.add_parser("demo", help="build a demo tree, start a local S3 endpoint, upload "
                        "with injected discrepancies and verify it")
@@ -100,13 +122,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         source=args.source, dest=args.dest, out=args.out, endpoint_url=args.endpoint_url,
         profile=args.profile, region=args.region, mode=args.mode, metadata=args.metadata,
         partitions=args.partitions, max_metadata_ops=args.max_metadata_ops,
-        head_min_size=args.head_min_size,
+        head_min_size=args.head_min_size, previous_run=args.previous_run,
     )
-    log = None if args.quiet else (lambda m: print(m, flush=True))
+    from .progress import Progress
+
+    progress = Progress(mode="off" if args.quiet else args.progress)
+    log = None if args.quiet else progress.log
     try:
         prepare(cfg)  # fail fast, before a cluster is started
-        with open_client(args.scheduler, args.workers, args.threads_per_worker) as client:
-            summary = verify(cfg, client, log=log)
+        with open_client(args.scheduler, args.workers, args.threads_per_worker) as client, \
+                progress:
+            summary = verify(cfg, client, log=log, progress=progress)
     except (ConfigError, ClusterError) as exc:
         _err(str(exc))
         return EXIT_CONFIG
@@ -133,9 +159,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         _err(f"{run_dir} is not a completed run directory (no summary.json)")
         return EXIT_CONFIG
     summary = json.loads(sfile.read_text())
-    write_outputs(run_dir, summary)
+    write_outputs(run_dir, summary)  # report.html too
     print(format_table(summary))
+    print(f"report: {run_dir / 'report.html'}")
     return exit_code(summary)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import main_audit
+
+    return main_audit(args.run_dir, require_signature=args.require_signature, deep=args.deep,
+                      as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -146,7 +180,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"verify": cmd_verify, "report": cmd_report, "demo": cmd_demo}[args.command]
+    handler = {"verify": cmd_verify, "report": cmd_report, "audit": cmd_audit,
+               "demo": cmd_demo}[args.command]
     return handler(args)
 
 

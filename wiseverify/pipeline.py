@@ -28,7 +28,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from . import __version__
+from . import audit as AUD
 from . import inventory as INV
+from . import progress as PROG
 from . import reconcile as R
 from . import report as REP
 from .s3 import S3Target, preflight
@@ -62,6 +64,7 @@ class VerifyConfig:
     head_concurrency: int = 32
     get_concurrency: int = 16
     run_id: str | None = None
+    previous_run: str | None = None  # audit chain link; default: newest earlier sibling
     extra: dict = field(default_factory=dict)
 
 
@@ -136,12 +139,20 @@ def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
     out = Path(cfg.out)
     if (out / "summary.json").exists() or (out / "reconciliation").exists():
         raise ConfigError(f"{cfg.out} already holds a run; choose a new --out directory")
+    if cfg.previous_run and not (Path(cfg.previous_run) / AUD.MANIFEST).is_file():
+        raise ConfigError(f"--previous-run {cfg.previous_run} holds no {AUD.MANIFEST}")
     return root, target
 
 
-def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print) -> dict:
-    """Run a whole verification on ``client``'s cluster; returns the summary dict."""
+def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
+           progress: PROG.Progress | None = None) -> dict:
+    """Run a whole verification on ``client``'s cluster; returns the summary dict.
+
+    ``progress`` shows live counters per stage (pass its ``log`` method as ``log``
+    so messages print above the live line); without it nothing is shown.
+    """
     say = _progress(log)
+    prog = progress or PROG.Progress(mode="off")
     root, target = prepare(cfg)
     run_id = cfg.run_id or new_run_id()
     run_dir = Path(cfg.out).absolute()
@@ -155,7 +166,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print)
     dash = getattr(client, "dashboard_link", None)
     if dash:
         say(f"dashboard: {dash}")
-    cfg_record = {k: v for k, v in asdict(cfg).items() if k not in ("profile",)}
+    cfg_record = AUD.redact({k: v for k, v in asdict(cfg).items() if k not in ("profile",)})
     (run_dir / "run.json").write_text(json.dumps(
         {"run_id": run_id, "config": cfg_record, "root": root, "dest": target.url,
          "version": __version__, "started": started.isoformat()}, indent=2))
@@ -209,7 +220,14 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print)
             for rel in res["pending"]:
                 pending.append(("dst", rel, res["depth"] + 1))
 
-    _submit_windowed(client, pending, submit, window, on_result)
+    def on_listed(res):
+        on_result(res)
+        prog.update(files=res["count"], nbytes=res.get("bytes", 0),
+                    note=f"source {stats['src_rows']:,}, destination {stats['dst_rows']:,}")
+
+    prog.stage("inventory", unit="entries")
+    _submit_windowed(client, pending, submit, window, on_listed)
+    prog.end_stage()
     if list_errors:
         raise RuntimeError("destination listing failed: " + "; ".join(list_errors[:3]))
     t_inv = time.monotonic()
@@ -226,7 +244,12 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print)
         for gi, group in enumerate(_groups(spools, 1_000_000)):
             futs.append(client.submit(INV.compact, group, out_dir, nparts, f"c{gi:05d}",
                                       pure=False, key=f"compact-{side}-{gi}-{run_id}"))
-    client.gather(futs)
+    from distributed import as_completed
+
+    prog.stage("partition", unit="rows", total_files=stats["src_rows"] + stats["dst_rows"])
+    for fut in as_completed(futs):
+        prog.update(files=fut.result()["rows"])
+    prog.end_stage()
     shutil.rmtree(spool, ignore_errors=True)
     t_part = time.monotonic()
     say(f"partitioned into {nparts} partition(s) ({t_part - t_inv:.1f} s)")
@@ -243,16 +266,27 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print)
     pending_parts = list(range(nparts - 1, -1, -1))
 
     def submit_part(p):
-        return client.submit(_partition_job, ctx, p, pure=False, key=f"partition-{p}-{run_id}")
+        return client.submit(_partition_job, ctx, p, topic, pure=False,
+                             key=f"partition-{p}-{run_id}")
 
     def on_part(res):
         REP.add_totals(totals, res)
         done = totals["partitions"]
+        prog.update(note=f"{done}/{nparts} partitions, {totals['rows']:,} keys reconciled")
         if nparts > 1:
             say(f"partition {done}/{nparts} done: {totals['rows']:,} keys, "
                 f"{totals['bytes_read_src'] / 1e9:.2f} GB read")
 
-    _submit_windowed(client, pending_parts, submit_part, max(2, min(nparts, nthreads)), on_part)
+    # digest units report their bytes as they finish; only when someone watches
+    topic = f"wiseverify-progress-{run_id}" if prog.mode != "off" else None
+    prog.stage("digest", unit="files")
+    unwatch = prog.watch(client, topic) if topic else (lambda: None)
+    try:
+        _submit_windowed(client, pending_parts, submit_part, max(2, min(nparts, nthreads)),
+                         on_part)
+    finally:
+        unwatch()
+        prog.end_stage()
     t_rec = time.monotonic()
     say(f"digest and reconcile: {totals['rows']:,} keys, "
         f"{totals['bytes_read_src'] / 1e9:.2f} GB read from source, "
@@ -268,6 +302,10 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print)
                  "total_s": round(time.monotonic() - t0, 3)},
     )
     REP.write_outputs(run_dir, summary)
+    # the audit record comes last: it hashes every output, report.html included
+    manifest = AUD.write_manifest(run_dir, previous=cfg.previous_run,
+                                  cluster=AUD.describe_cluster(client))
+    say(f"report: {run_dir / 'report.html'}, audit manifest: {manifest}")
     return summary
 
 
@@ -289,6 +327,7 @@ def _groups(spools: list[tuple[str, int]], max_rows: int) -> list[list[str]]:
 def _list_job(target: S3Target, rel: str, depth: int, delimiter: bool, spool: str) -> dict:
     res = INV.list_prefix(target, rel, delimiter, spool)
     res["side"] = "dst"
+    res["bytes"] = _spool_bytes(res.get("spool"))
     res["depth"] = depth
     if not delimiter:
         res["pending"] = []
@@ -298,10 +337,31 @@ def _list_job(target: S3Target, rel: str, depth: int, delimiter: bool, spool: st
 def _walk_job(*args, **kwargs) -> dict:
     res = INV.walk_dirs(*args, **kwargs)
     res["side"] = "src"
+    res["bytes"] = _spool_bytes(res.get("spool"))
     return res
 
 
-def _partition_job(ctx: R.Context, part: int) -> dict:
+def _spool_bytes(path: str | None) -> int:
+    """Bytes listed in a just-written spool file, for the progress display."""
+    if not path:
+        return 0
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    total = pc.sum(pq.read_table(path, columns=["size"]).column("size")).as_py()
+    return int(total or 0)
+
+
+def _unit_job(ctx: R.Context, units: list, topic: str | None) -> dict:
+    """One digest unit; publishes its files and bytes for the driver's progress line."""
+    res = R.run_unit(ctx, units, 0)
+    unit = units[0]
+    PROG.unit_done(topic, files=sum(1 for r in unit.ranges if r.offset == 0),
+                   nbytes=unit.nbytes)
+    return res
+
+
+def _partition_job(ctx: R.Context, part: int, topic: str | None = None) -> dict:
     """One partition end to end, fanning its digest units out to the whole cluster.
 
     The task secedes from its worker's thread pool while the units run, so
@@ -311,11 +371,14 @@ def _partition_job(ctx: R.Context, part: int) -> dict:
 
     plan = R.plan_partition(ctx, part)
     units = plan["units"]
+    PROG.unit_done(topic, plan_files=sum(1 for u in units for r in u.ranges if r.offset == 0),
+                   plan_bytes=sum(u.nbytes for u in units))
     if not units:
         return R.finish_partition(ctx, plan)
     client = get_client()
     futs = [
-        client.submit(R.run_unit, ctx, [u], 0, pure=False, key=f"digest-p{part}-u{i}-{ctx.run_id}")
+        client.submit(_unit_job, ctx, [u], topic, pure=False,
+                      key=f"digest-p{part}-u{i}-{ctx.run_id}")
         for i, u in enumerate(units)
     ]
     secede()
