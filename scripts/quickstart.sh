@@ -60,6 +60,15 @@ case "${1:-}" in
         if [ "$(id -u)" = 0 ] && [ -x scripts/slurm-local.sh ]; then
             scripts/slurm-local.sh start
         fi
+        # the HTML report is checked in a real headless browser; CI (CI=true) fails without it
+        if ! command -v chromium >/dev/null 2>&1; then
+            if [ "$(id -u)" = 0 ]; then
+                apt_install chromium fonts-dejavu-core
+            else
+                echo "quickstart: chromium is missing (apt-get install chromium as root);" \
+                    "the HTML report test will be skipped" >&2
+            fi
+        fi
         "$venv/bin/ruff" check wiseverify tests benchmarks
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
