@@ -224,6 +224,46 @@ def histogram_svg(hist: dict[str, list[int]], labels: list[str], title: str,
     return "".join(out)
 
 
+def trend_svg(labels: list[str], values: list[float], title: str, unit: str = "%",
+              lo: float = 0.0, hi: float = 100.0, width: int = 900, height: int = 260) -> str:
+    """A line with points over runs, e.g. the readiness (% of keys clean) of each dry run.
+
+    The y range is fixed (0–100 % by default) so two charts of different weeks
+    compare at a glance.
+    """
+    left, right, top, bottom = 60, 20, 20, 50
+    plot_w, plot_h = width - left - right, height - top - bottom
+    span = (hi - lo) or 1.0
+    n = len(values)
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        x = left + (plot_w * (i + 0.5) / n if n else 0)
+        y = top + plot_h * (1 - (min(max(v, lo), hi) - lo) / span)
+        return x, y
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
+           f'height="{height}" viewBox="0 0 {width} {height}" class="chart">',
+           f"<title>{_e(title)}</title>"]
+    for frac in (0.0, 0.5, 1.0):
+        y = top + plot_h * (1 - frac)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
+                   f'stroke="#ddd"/><text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" '
+                   f'class="axis">{lo + span * frac:g} {_e(unit)}</text>')
+    pts = [xy(i, v) for i, v in enumerate(values)]
+    if len(pts) > 1:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        out.append(f'<polyline points="{path}" fill="none" stroke="#1565c0" stroke-width="2"/>')
+    for (x, y), v, label in zip(pts, values, labels, strict=True):
+        out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#1565c0">'
+                   f"<title>{_e(label)}: {v:.4g} {_e(unit)}</title></circle>"
+                   f'<text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle" class="axis">'
+                   f"{v:.4g}</text>"
+                   f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+                   f'class="axis">{_e(label if len(label) <= 24 else label[:23] + "…")}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
 def legend_html(statuses: list[str]) -> str:
     """Colour keys for the statuses that appear in a chart."""
     items = "".join(f'<span class="lg"><i style="background:{STATUS_COLORS[s]}"></i>'
