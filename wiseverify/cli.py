@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, metavar="N",
                    help="worker processes of the embedded local cluster (default: cores)")
     v.add_argument("--threads-per-worker", type=int, default=2, metavar="N")
+    v.add_argument("--cluster", choices=["local", "slurm"], default="local",
+                   help="local: an embedded Dask cluster on this machine (default); slurm: "
+                   "worker jobs submitted with sbatch, scaled between --min-jobs and "
+                   "--max-jobs (settings: dask config wiseverify.slurm)")
+    v.add_argument("--min-jobs", type=int, metavar="N",
+                   help="--cluster slurm: worker jobs always kept (default 1)")
+    v.add_argument("--max-jobs", type=int, metavar="N",
+                   help="--cluster slurm: most worker jobs at once (default 4)")
     v.add_argument("--mode", choices=["stored", "readback"], default="stored",
                    help="stored: compare with stored checksums/ETags (default); readback: "
                    "read the objects back with ranged GETs and hash them")
@@ -130,7 +138,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     log = None if args.quiet else progress.log
     try:
         prepare(cfg)  # fail fast, before a cluster is started
-        with open_client(args.scheduler, args.workers, args.threads_per_worker) as client, \
+        with open_client(args.scheduler, args.workers, args.threads_per_worker,
+                         cluster=args.cluster, min_jobs=args.min_jobs, max_jobs=args.max_jobs,
+                         run_dir=args.out) as client, \
                 progress:
             summary = verify(cfg, client, log=log, progress=progress)
     except (ConfigError, ClusterError) as exc:

@@ -1,4 +1,4 @@
-"""Where the Dask work runs: an embedded LocalCluster or any running scheduler.
+"""Where the Dask work runs: an embedded LocalCluster, SLURM jobs or any running scheduler.
 
 The embedded cluster uses worker processes (the digest work is CPU and I/O,
 and awscrt/hashlib release the GIL, so two threads per process overlap reads
@@ -31,13 +31,30 @@ def open_client(
     threads_per_worker: int = 2,
     memory_limit: str | None = "auto",
     quiet: bool = True,
+    cluster: str = "local",
+    min_jobs: int | None = None,
+    max_jobs: int | None = None,
+    run_dir: str | None = None,
+    slurm_overrides: dict | None = None,
 ) -> Iterator:
-    """Yield a ``distributed.Client`` for the run and tear down what was started."""
+    """Yield a ``distributed.Client`` for the run and tear down what was started.
+
+    ``scheduler`` (an address or a scheduler file) attaches to any running
+    Dask deployment; ``cluster="slurm"`` submits worker jobs through
+    dask-jobqueue, scaled between ``min_jobs`` and ``max_jobs`` (see
+    :mod:`wiseverify.slurm`); otherwise a LocalCluster is embedded.
+    """
     from distributed import Client, LocalCluster
 
+    if scheduler and cluster != "local":
+        raise ClusterError("--scheduler attaches to a running scheduler; it cannot be "
+                           f"combined with --cluster {cluster}")
     if scheduler:
         try:
-            client = Client(scheduler, timeout="15s")
+            if os.path.isfile(scheduler):  # a scheduler file, as dask scheduler writes
+                client = Client(scheduler_file=scheduler, timeout="15s")
+            else:
+                client = Client(scheduler, timeout="15s")
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from None
         try:
@@ -45,7 +62,16 @@ def open_client(
         finally:
             client.close()
         return
-    cluster = LocalCluster(
+    if cluster == "slurm":
+        from .slurm import slurm_client
+
+        with slurm_client(min_jobs, max_jobs, overrides=slurm_overrides, run_dir=run_dir,
+                          quiet=quiet) as client:
+            yield client
+        return
+    if cluster != "local":
+        raise ClusterError(f"unknown cluster type {cluster!r} (local or slurm)")
+    local = LocalCluster(
         n_workers=workers or default_workers(),
         threads_per_worker=threads_per_worker,
         processes=True,
@@ -54,9 +80,9 @@ def open_client(
         memory_limit=memory_limit,
         silence_logs=logging.ERROR if quiet else logging.WARNING,
     )
-    client = Client(cluster)
+    client = Client(local)
     try:
         yield client
     finally:
         client.close()
-        cluster.close()
+        local.close()
