@@ -159,10 +159,11 @@ def stacked_bars_svg(rows: list[tuple[str, dict[str, int]]], title: str,
     bar_w = width - label_w - note_w
     height = 30 + len(rows) * (bar_h + gap)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" class="chart">',
+           f'height="{height}" viewBox="0 0 {width} {height}" class="chart" '
+           f'font-family="sans-serif" font-size="12" fill="#222">',
            f"<title>{_e(title)}</title>",
-           f'<text x="{label_w}" y="14" class="axis">0 %</text>',
-           f'<text x="{label_w + bar_w}" y="14" class="axis" text-anchor="end">100 %</text>']
+           f'<text x="{label_w}" y="14" font-size="11" fill="#555">0 %</text>',
+           f'<text x="{label_w + bar_w}" y="14" font-size="11" fill="#555" text-anchor="end">100 %</text>']
     for i, (name, counts) in enumerate(rows):
         y = 22 + i * (bar_h + gap)
         total = sum(counts.values()) or 1
@@ -181,7 +182,7 @@ def stacked_bars_svg(rows: list[tuple[str, dict[str, int]]], title: str,
         bad = sum(v for k, v in counts.items() if k not in S.CLEAN_STATUSES)
         note = f"{sum(counts.values()):,} keys" + (f", {bad:,} discrepancies" if bad else "")
         out.append(f'<text x="{label_w + bar_w + 8}" y="{y + bar_h - 4}" '
-                   f'class="{"bad" if bad else "note"}">{_e(note)}</text>')
+                   f'fill="{"#c62828" if bad else "#555"}">{_e(note)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -196,13 +197,14 @@ def histogram_svg(hist: dict[str, list[int]], labels: list[str], title: str,
     peak = max(totals) if totals and max(totals) > 0 else 1
     slot = plot_w / n
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" class="chart">',
+           f'height="{height}" viewBox="0 0 {width} {height}" class="chart" '
+           f'font-family="sans-serif" font-size="12" fill="#222">',
            f"<title>{_e(title)}</title>",
            f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
            f'stroke="#555"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#555"/>',
-           f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" class="axis">{peak:,}</text>',
-           f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="axis">0</text>']
+           f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11" fill="#555">{peak:,}</text>',
+           f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" font-size="11" fill="#555">0</text>']
     for i, label in enumerate(labels):
         x = left + i * slot + slot * 0.15
         w = slot * 0.7
@@ -217,9 +219,9 @@ def histogram_svg(hist: dict[str, list[int]], labels: list[str], title: str,
                        f'fill="{STATUS_COLORS[st]}"><title>{_e(label)}: {c:,} {st}</title></rect>')
         if totals[i]:
             out.append(f'<text x="{x + w / 2:.1f}" y="{y - 4:.1f}" text-anchor="middle" '
-                       f'class="axis">{totals[i]:,}</text>')
+                       f'font-size="11" fill="#555">{totals[i]:,}</text>')
         out.append(f'<text x="{x + w / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
-                   f'class="axis">{_e(label)}</text>')
+                   f'font-size="11" fill="#555">{_e(label)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -242,13 +244,14 @@ def trend_svg(labels: list[str], values: list[float], title: str, unit: str = "%
         return x, y
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" class="chart">',
+           f'height="{height}" viewBox="0 0 {width} {height}" class="chart" '
+           f'font-family="sans-serif" font-size="12" fill="#222">',
            f"<title>{_e(title)}</title>"]
     for frac in (0.0, 0.5, 1.0):
         y = top + plot_h * (1 - frac)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
                    f'stroke="#ddd"/><text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" '
-                   f'class="axis">{lo + span * frac:g} {_e(unit)}</text>')
+                   f'font-size="11" fill="#555">{lo + span * frac:g} {_e(unit)}</text>')
     pts = [xy(i, v) for i, v in enumerate(values)]
     if len(pts) > 1:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
@@ -256,19 +259,20 @@ def trend_svg(labels: list[str], values: list[float], title: str, unit: str = "%
     for (x, y), v, label in zip(pts, values, labels, strict=True):
         out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#1565c0">'
                    f"<title>{_e(label)}: {v:.4g} {_e(unit)}</title></circle>"
-                   f'<text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle" class="axis">'
+                   f'<text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle" font-size="11" fill="#555">'
                    f"{v:.4g}</text>"
                    f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
-                   f'class="axis">{_e(label if len(label) <= 24 else label[:23] + "…")}</text>')
+                   f'font-size="11" fill="#555">{_e(label if len(label) <= 24 else label[:23] + "…")}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
 def legend_html(statuses: list[str]) -> str:
     """Colour keys for the statuses that appear in a chart."""
-    items = "".join(f'<span class="lg"><i style="background:{STATUS_COLORS[s]}"></i>'
-                    f"{_e(s)}</span>" for s in statuses)
-    return f'<div class="legend">{items}</div>'
+    items = "".join(f'<span style="margin-right:14px;white-space:nowrap"><i style="display:'
+                    f"inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px;"
+                    f'background:{STATUS_COLORS[s]}"></i>{_e(s)}</span>' for s in statuses)
+    return f'<div style="margin:6px 0">{items}</div>'
 
 
 # --- page ---------------------------------------------------------------------------------
@@ -291,10 +295,6 @@ td.k{font-family:ui-monospace,"DejaVu Sans Mono",monospace;min-width:16em;
 .sw{display:inline-block;width:10px;height:10px;margin-right:6px;border-radius:2px}
 .bar{height:10px;background:#90a4ae;display:inline-block;vertical-align:middle}
 .chart{max-width:100%;height:auto;background:#fff;border:1px solid #e0e0e0}
-.chart text{font-size:12px;fill:#222}.chart .axis{fill:#555;font-size:11px}
-.chart .bad{fill:#c62828}.chart .note{fill:#555}
-.legend{margin:6px 0}.lg{margin-right:14px;white-space:nowrap}
-.lg i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
 .muted{color:#666}.links a{margin-right:16px}
 dl{display:grid;grid-template-columns:220px 1fr;gap:2px 12px;background:#fff;
  padding:8px;border:1px solid #e0e0e0}dt{color:#555}dd{margin:0;word-break:break-all}
