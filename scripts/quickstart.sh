@@ -41,9 +41,13 @@ setup_venv() {
         fi
     fi
     stamp="$venv/.wiseverify-installed"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$venv/bin/python" -m pip install -q -e ".[test,bench]"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ]; then
+        # exact versions the suite was last run with: reproducible, and no resolver backtracking
+        "$venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null
+        "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[test,bench]" 2>&1 \
+            | grep -v "^WARNING: Location" || true
+        "$venv/bin/python" -c "import wiseverify, moto, awscrt, s3fs, distributed" \
+            || die "installing the Python packages failed"
         touch "$stamp"
     fi
 }

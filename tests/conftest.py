@@ -47,7 +47,7 @@ def dask_client(aws_env):
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                           host="127.0.0.1", dashboard_address=None)
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0")
     client = Client(cluster)
     yield client
     client.close()
