@@ -92,12 +92,14 @@ def format_line(s: StageSnapshot) -> str:
         pct = f" ({min(100.0, 100.0 * s.nbytes / s.total_bytes):.0f}%)"
     elif s.total_files:
         pct = f" ({min(100.0, 100.0 * s.files / s.total_files):.0f}%)"
-    parts = [f"{s.name}: {files} {s.unit}, {nbytes}{pct}"]
+    # a stage that moves no bytes (partitioning counts rows) shows none
+    has_bytes = bool(s.nbytes or s.total_bytes)
+    parts = [f"{s.name}: {files} {s.unit}" + (f", {nbytes}" if has_bytes else "") + pct]
     if s.note:
         parts.append(s.note)
     if s.elapsed > 0:
-        parts.append(f"{s.files / s.elapsed:,.0f} {s.unit}/s, "
-                     f"{human_bytes(s.nbytes / s.elapsed)}/s")
+        parts.append(f"{s.files / s.elapsed:,.0f} {s.unit}/s"
+                     + (f", {human_bytes(s.nbytes / s.elapsed)}/s" if has_bytes else ""))
     eta = eta_seconds(s)
     parts.append(f"elapsed {human_duration(s.elapsed)}")
     if eta is not None:
