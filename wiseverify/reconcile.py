@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import digest as D
+from . import hsm
 from . import schema as S
 from .evidence import Evidence, compare_posix_metadata, encryption_of, plan_evidence
 from .inventory import read_partition, write_atomic
@@ -65,6 +66,7 @@ def plan_partition(ctx: Context, part: int) -> dict:
     src = read_partition(ctx.src_inv, part, S.SOURCE_INVENTORY)
     dst = read_partition(ctx.dst_inv, part, S.DEST_INVENTORY)
     m = match_partition(src, dst)
+    _skip_released(ctx, m)
     cand_idx = m.index[m["status"].isna()].tolist()
     cand_rows = [_row_dict(m, i) for i in cand_idx]
     evs = plan_evidence(cand_rows, ctx.target, ctx.mode, ctx.metadata, ctx.head_min_size,
@@ -94,6 +96,25 @@ def plan_partition(ctx: Context, part: int) -> dict:
     units = D.make_units(items, unit_bytes, unit_files, range_bytes)
     return {"part": part, "frame": m, "evidence": evidence, "units": units,
             "requests": sum(e.requests for e in evs)}
+
+
+def _skip_released(ctx: Context, m: pd.DataFrame) -> None:
+    """Mark HSM-released candidates SKIPPED before anything could open them."""
+    lfs = hsm.lfs_path()
+    if not lfs or not len(m):
+        return
+    broot = os.fsencode(ctx.root)
+    cand = m.index[m["status"].isna()]
+    paths: dict[bytes, int] = {}
+    for i in cand:
+        blocks = m.at[i, "src_blocks"]
+        if hsm.may_be_released(int(m.at[i, "src_size"]),
+                               None if pd.isna(blocks) else int(blocks)):
+            paths[broot + b"/" + bytes(m.at[i, "key_bytes"])] = i
+    for path, reason in hsm.released(list(paths), lfs).items():
+        if path in paths:
+            m.at[paths[path], "status"] = S.SKIPPED
+            m.at[paths[path], "detail"] = reason
 
 
 def units_of(plan: dict) -> list[D.Unit]:
