@@ -117,3 +117,15 @@ def test_exit_codes_and_no_overwrite(small_tree, tmp_path, s3, bucket):
     assert proc.returncode == 0 and "MATCH" in proc.stdout
     proc = wv("report", str(tmp_path))
     assert_config_error(proc, "not a completed run directory")
+
+
+def test_scheduler_address_attaches_to_a_running_cluster(small_tree, tmp_path, s3, bucket,
+                                                         dask_client):
+    address = dask_client.scheduler.address
+    before = set(dask_client.scheduler_info()["workers"])
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r"),
+              "--endpoint-url", s3.url, "--scheduler", address)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 workers" in proc.stdout
+    # the attached cluster is left running for its owner
+    assert set(dask_client.scheduler_info()["workers"]) == before
