@@ -155,14 +155,17 @@ def make_units(
     """Pack files into work units: many small files per unit, big files split in ranges."""
     units: list[Unit] = []
     cur = Unit()
+    cur_bytes = 0  # running total: Unit.nbytes re-sums its ranges, quadratic over a partition
     for item in items:
         for r in split_file(item, range_bytes):
             if cur.ranges and (
-                cur.nbytes + r.length > unit_bytes or len(cur.ranges) >= unit_files
+                cur_bytes + r.length > unit_bytes or len(cur.ranges) >= unit_files
             ):
                 units.append(cur)
                 cur = Unit()
+                cur_bytes = 0
             cur.ranges.append(r)
+            cur_bytes += r.length
     if cur.ranges:
         units.append(cur)
     return units

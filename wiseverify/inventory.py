@@ -22,6 +22,7 @@ import stat as statmod
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -181,6 +182,43 @@ def walk_dirs(
 # --- destination listing -----------------------------------------------------------
 
 
+def _iso_timestamp(text: str):
+    """Parse an S3 XML timestamp (``2026-11-26T11:27:02.000Z``) without dateutil.
+
+    botocore's default parser goes through dateutil at ~300 us per value, which
+    made timestamp parsing the largest client-side cost of listing (one value
+    per object: ~2.5 CPU hours for 30M objects); ``datetime.fromisoformat``
+    takes under a microsecond.  Anything that is not a zone-aware ISO 8601
+    string (HTTP-date headers, epoch numbers) still goes to botocore's parser,
+    so every value comes out as the same instant as before.
+    """
+    try:
+        value = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value.tzinfo is None:
+        from botocore.utils import parse_timestamp
+
+        return parse_timestamp(text)
+    return value
+
+
+def _use_fast_timestamps(target: S3Target) -> None:
+    """Install :func:`_iso_timestamp` on the session's response parser factory.
+
+    The factory creates a parser per response, so this takes effect for the
+    clients already made from the session too.  Idempotent and cheap.
+    """
+    session = getattr(target.fs(), "session", None)
+    get = getattr(session, "get_component", None)
+    if get is None:
+        return
+    try:
+        get("response_parser_factory").set_parser_defaults(timestamp_parser=_iso_timestamp)
+    except Exception:  # an unexpected botocore layout: keep its default parser
+        return
+
+
 def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: str) -> dict:
     """List objects under ``target.prefix + rel_prefix``; spool them.
 
@@ -190,6 +228,7 @@ def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: 
 
     async def _list():
         client = await target.client()
+        _use_fast_timestamps(target)
         kwargs = {"Bucket": target.bucket, "Prefix": target.prefix + rel_prefix}
         if delimiter:
             kwargs["Delimiter"] = "/"

@@ -182,7 +182,9 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     dst_spools: list[tuple[str, int]] = []
     list_errors: list[str] = []
     seq = iter(range(1 << 62))
-    pending: list[tuple] = [("src", [b""]), ("dst", "", 0)]
+    # ("dst", rel, depth, fan): fan = list one level with Delimiter='/' and hand the
+    # common prefixes back; otherwise one recursive paginated listing of the prefix
+    pending: list[tuple] = [("src", [b""]), ("dst", "", 0, cfg.fanout_depth > 0)]
 
     def submit(job):
         n = next(seq)
@@ -192,9 +194,9 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                 target.prefix, cfg.walk_budget, ops_per_task, pure=False,
                 key=f"walk-{n}-{run_id}",
             )
-        _, rel, depth = job
+        _, rel, depth, fan = job
         return client.submit(
-            _list_job, target, rel, depth, depth < cfg.fanout_depth,
+            _list_job, target, rel, depth, fan,
             str(spool / f"dst-{n:08d}.parquet"), pure=False, key=f"list-{n}-{run_id}",
         )
 
@@ -217,8 +219,15 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
             stats["list_requests"] += res["requests"]
             if res["spool"]:
                 dst_spools.append((res["spool"], res["count"]))
-            for rel in res["pending"]:
-                pending.append(("dst", rel, res["depth"] + 1))
+            # Fan out one more level only while the prefixes found so far are fewer than
+            # the tasks the cluster runs at once: each listing request costs a round trip
+            # (and money on S3), so a thousand folders of twenty objects each are cheaper
+            # as a few recursive listings than as a thousand delimiter listings.
+            prefixes = res["pending"]
+            depth = res["depth"] + 1
+            fan = depth < cfg.fanout_depth and len(prefixes) < window
+            for rel in prefixes:
+                pending.append(("dst", rel, depth, fan))
 
     def on_listed(res):
         on_result(res)
