@@ -44,10 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 all MATCH/SKIPPED, 1 discrepancies, 2 usage/configuration "
         "error, 3 run failure.",
     )
-    v.add_argument("source", help="local directory or file:// URL (the Lustre tree)")
-    v.add_argument("dest", help="s3://bucket/prefix")
-    v.add_argument("--out", required=True, metavar="RUN_DIR",
+    v.add_argument("source", nargs="?", help="local directory or file:// URL (the Lustre tree)")
+    v.add_argument("dest", nargs="?", help="s3://bucket/prefix")
+    v.add_argument("--out", metavar="RUN_DIR",
                    help="run directory to create (on storage all workers can reach)")
+    v.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run with its own settings; finished "
+                   "partitions and digest units are kept")
+    v.add_argument("--full", action="store_true",
+                   help="re-hash everything instead of reusing the previous run's evidence "
+                   "for files and objects that did not change")
     v.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 "
                    "or AWS)")
     v.add_argument("--profile", help="AWS profile name")
@@ -77,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hash partitions (default: one per 250,000 keys)")
     v.add_argument("--max-metadata-ops", type=float, metavar="PER_SEC",
                    help="cap on source lstat/readdir calls per second across the cluster")
+    v.add_argument("--unit-bytes", type=_size, default=256 << 20, metavar="SIZE",
+                   help="bytes per digest work unit (default 256MiB; small partitions use "
+                   "smaller units so every thread gets work)")
     v.add_argument("--head-min-size", type=_size, default=4 << 20, metavar="SIZE",
                    help="single-part objects at least this big get a HEAD for a stored CRC "
                    "instead of an MD5 of the ETag (default 4MiB)")
@@ -88,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "WISEVERIFY_PROGRESS_INTERVAL seconds (default 30) otherwise")
     v.add_argument("--quiet", action="store_true", help="no progress lines")
     v.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    df = sub.add_parser("diff", help="what changed between two runs: status transitions, "
+                        "keys added/removed, readiness (exit 1 when a MATCH regressed)")
+    df.add_argument("run_a", help="the older run directory")
+    df.add_argument("run_b", help="the newer run directory")
+    df.add_argument("--out", metavar="DIR", help="also write diff.json and diff.parquet here")
+    df.add_argument("--json", action="store_true", help="print the result as JSON too")
+
+    rn = sub.add_parser("runs", help="list the completed runs under an output root and write "
+                        "its runs.json index")
+    rn.add_argument("root")
 
     r = sub.add_parser("report", help="rebuild combined.txt, discrepancies.csv, report.html "
                        "and the summary table of RUN_DIR")
@@ -126,12 +146,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .pipeline import ConfigError, VerifyConfig, prepare, verify
     from .report import exit_code, format_table, result_line
 
-    cfg = VerifyConfig(
-        source=args.source, dest=args.dest, out=args.out, endpoint_url=args.endpoint_url,
-        profile=args.profile, region=args.region, mode=args.mode, metadata=args.metadata,
-        partitions=args.partitions, max_metadata_ops=args.max_metadata_ops,
-        head_min_size=args.head_min_size, previous_run=args.previous_run,
-    )
+    if args.resume:
+        from .pipeline import resume_config
+
+        run_dir = Path(args.resume).absolute()
+        if not (run_dir / "run.json").is_file():
+            _err(f"--resume {args.resume}: no interrupted run there (no run.json)")
+            return EXIT_CONFIG
+        args.out = str(run_dir)
+        cfg = resume_config(run_dir, VerifyConfig(source="", dest="", out=str(run_dir),
+                                                  endpoint_url=args.endpoint_url,
+                                                  profile=args.profile))
+    else:
+        if not (args.source and args.dest and args.out):
+            _err("verify needs SOURCE, DEST and --out RUN_DIR (or --resume RUN_DIR)")
+            return EXIT_CONFIG
+        cfg = VerifyConfig(
+            source=args.source, dest=args.dest, out=args.out, endpoint_url=args.endpoint_url,
+            profile=args.profile, region=args.region, mode=args.mode, metadata=args.metadata,
+            partitions=args.partitions, max_metadata_ops=args.max_metadata_ops,
+            head_min_size=args.head_min_size, previous_run=args.previous_run, full=args.full,
+            unit_bytes=args.unit_bytes,
+        )
     from .progress import Progress
 
     progress = Progress(mode="off" if args.quiet else args.progress)
@@ -175,6 +211,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return exit_code(summary)
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .history import diff, format_diff, write_diff
+
+    try:
+        result = diff(args.run_a, args.run_b)
+    except FileNotFoundError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    print(format_diff(result))
+    if args.out:
+        j, p = write_diff(result, args.out)
+        print(f"diff: {j}, {p}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}))
+    return EXIT_DIFF if result["regression_count"] else EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .history import runs_index
+
+    runs = runs_index(args.root)
+    if not runs:
+        _err(f"no completed runs under {args.root}")
+        return EXIT_CONFIG
+    print(f"{'run':<28} {'verdict':<7} {'keys':>10} {'discrepancies':>14} {'to sync (B)':>14}")
+    for r in runs:
+        print(f"{r['run_id']:<28} {r['verdict']:<7} {r['keys']:>10,} {r['discrepancies']:>14,} "
+              f"{r['bytes_to_sync']:>14,}")
+    print(f"index: {Path(args.root) / 'runs.json'}")
+    return EXIT_OK
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import main_audit
 
@@ -191,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"verify": cmd_verify, "report": cmd_report, "audit": cmd_audit,
-               "demo": cmd_demo}[args.command]
+               "diff": cmd_diff, "runs": cmd_runs, "demo": cmd_demo}[args.command]
     return handler(args)
 
 

@@ -27,8 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pyarrow.parquet as pq
+
 from . import __version__
 from . import audit as AUD
+from . import carry as C
 from . import inventory as INV
 from . import progress as PROG
 from . import reconcile as R
@@ -65,6 +68,8 @@ class VerifyConfig:
     get_concurrency: int = 16
     run_id: str | None = None
     previous_run: str | None = None  # audit chain link; default: newest earlier sibling
+    full: bool = False  # re-hash everything instead of reusing the previous run's evidence
+    resume: bool = False  # continue the interrupted run in ``out``
     extra: dict = field(default_factory=dict)
 
 
@@ -137,11 +142,26 @@ def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
     if cfg.metadata not in ("auto", "all", "off"):
         raise ConfigError(f"--metadata must be auto, all or off, got {cfg.metadata!r}")
     out = Path(cfg.out)
-    if (out / "summary.json").exists() or (out / "reconciliation").exists():
+    if cfg.resume:
+        if not (out / "run.json").is_file():
+            raise ConfigError(f"--resume {cfg.out}: no interrupted run there (no run.json)")
+        if (out / "summary.json").exists():
+            raise ConfigError(f"--resume {cfg.out}: that run is complete; nothing to resume")
+    elif (out / "summary.json").exists() or (out / "reconciliation").exists():
         raise ConfigError(f"{cfg.out} already holds a run; choose a new --out directory")
     if cfg.previous_run and not (Path(cfg.previous_run) / AUD.MANIFEST).is_file():
         raise ConfigError(f"--previous-run {cfg.previous_run} holds no {AUD.MANIFEST}")
     return root, target
+
+
+def resume_config(run_dir: Path, cfg: VerifyConfig) -> VerifyConfig:
+    """The interrupted run's own settings (its run id included); cluster flags stay as given."""
+    saved = json.loads((run_dir / "run.json").read_text())
+    known = {f for f in VerifyConfig.__dataclass_fields__}
+    conf = {k: v for k, v in saved.get("config", {}).items() if k in known}
+    conf.update(out=cfg.out, resume=True, run_id=saved["run_id"],
+                endpoint_url=cfg.endpoint_url or conf.get("endpoint_url"), profile=cfg.profile)
+    return VerifyConfig(**conf)
 
 
 def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
@@ -154,8 +174,10 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     say = _progress(log)
     prog = progress or PROG.Progress(mode="off")
     root, target = prepare(cfg)
-    run_id = cfg.run_id or new_run_id()
     run_dir = Path(cfg.out).absolute()
+    if cfg.resume:
+        cfg = resume_config(run_dir, cfg)
+    run_id = cfg.run_id or new_run_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
     t0 = time.monotonic()
@@ -167,9 +189,20 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     if dash:
         say(f"dashboard: {dash}")
     cfg_record = AUD.redact({k: v for k, v in asdict(cfg).items() if k not in ("profile",)})
-    (run_dir / "run.json").write_text(json.dumps(
+    if not cfg.resume:
+        (run_dir / "run.json").write_text(json.dumps(
         {"run_id": run_id, "config": cfg_record, "root": root, "dest": target.url,
          "version": __version__, "started": started.isoformat()}, indent=2))
+    # incremental: evidence of the previous run of the same source and destination
+    prev_dir, prev_note = (None, "--full: everything re-hashed") if cfg.full else \
+        C.usable_previous(cfg.previous_run or AUD.find_previous(run_dir, started.isoformat()),
+                          root, target.url)
+    if prev_dir is not None:
+        say(prev_note)
+    inv_marker = run_dir / "inventory" / "_complete.json"
+    inv_reused = cfg.resume and inv_marker.is_file()
+    if cfg.resume and not inv_reused:
+        shutil.rmtree(run_dir / "inventory", ignore_errors=True)
 
     # --- 1. inventory, both sides at once -------------------------------------------
     spool = run_dir / "inventory" / "_spool"
@@ -184,7 +217,11 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     seq = iter(range(1 << 62))
     # ("dst", rel, depth, fan): fan = list one level with Delimiter='/' and hand the
     # common prefixes back; otherwise one recursive paginated listing of the prefix
-    pending: list[tuple] = [("src", [b""]), ("dst", "", 0, cfg.fanout_depth > 0)]
+    pending: list[tuple] = [] if inv_reused else [
+        ("src", [b""]), ("dst", "", 0, cfg.fanout_depth > 0)]
+    if inv_reused:
+        saved = json.loads(inv_marker.read_text())
+        stats.update(saved["stats"])
 
     def submit(job):
         n = next(seq)
@@ -247,6 +284,11 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     nparts = cfg.partitions or max(
         1, math.ceil(max(stats["src_rows"], stats["dst_rows"]) / cfg.rows_per_partition)
     )
+    if inv_reused:
+        nparts = saved["partitions"]
+    elif prev_dir is not None and not cfg.partitions:
+        # the previous run's layout: each partition then reads one previous file
+        nparts = C.previous_partitions(prev_dir) or nparts
     futs = []
     for side, spools in (("src", src_spools), ("dst", dst_spools)):
         out_dir = str(run_dir / "inventory" / side)
@@ -260,6 +302,10 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         prog.update(files=fut.result()["rows"])
     prog.end_stage()
     shutil.rmtree(spool, ignore_errors=True)
+    if not inv_reused:
+        tmp_marker = inv_marker.with_name(".complete.json.tmp")
+        tmp_marker.write_text(json.dumps({"partitions": nparts, "stats": stats}))
+        os.replace(tmp_marker, inv_marker)
     t_part = time.monotonic()
     say(f"partitioned into {nparts} partition(s) ({t_part - t_inv:.1f} s)")
 
@@ -270,9 +316,20 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         unit_files=cfg.unit_files, range_bytes=cfg.range_bytes,
         head_concurrency=cfg.head_concurrency, get_concurrency=cfg.get_concurrency,
     )
-    ctx = replace(ctx, min_units=4 * nthreads)
+    ctx = replace(ctx, min_units=4 * nthreads,
+                  previous_run=str(prev_dir) if prev_dir is not None else None)
     totals = REP.empty_totals()
-    pending_parts = list(range(nparts - 1, -1, -1))
+    pending_parts = []
+    reused_parts = 0
+    for p in range(nparts - 1, -1, -1):
+        if cfg.resume and ctx.part_path(p).is_file():
+            REP.add_totals(totals, R.summarize(pq.read_table(ctx.part_path(p))))
+            reused_parts += 1
+        else:
+            pending_parts.append(p)
+    if cfg.resume:
+        say(f"resuming run {run_id}: inventory {'reused' if inv_reused else 'redone'}, "
+            f"{reused_parts}/{nparts} partitions already reconciled")
 
     def submit_part(p):
         return client.submit(_partition_job, ctx, p, topic, pure=False,
@@ -310,6 +367,14 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                  "reconcile_s": round(t_rec - t_part, 3),
                  "total_s": round(time.monotonic() - t0, 3)},
     )
+    summary["incremental"] = {
+        "previous_run": str(prev_dir) if prev_dir is not None else None,
+        "note": prev_note, "carried": totals.get("carried", 0)}
+    if cfg.resume:
+        summary["resumed"] = {"inventory_reused": inv_reused, "partitions_reused": reused_parts,
+                              "units_reused": totals.get("units_reused", 0),
+                              "units_computed": totals.get("units", 0)
+                              - totals.get("units_reused", 0)}
     REP.write_outputs(run_dir, summary)
     # the audit record comes last: it hashes every output, report.html included
     manifest = AUD.write_manifest(run_dir, previous=cfg.previous_run,
@@ -361,9 +426,9 @@ def _spool_bytes(path: str | None) -> int:
     return int(total or 0)
 
 
-def _unit_job(ctx: R.Context, units: list, topic: str | None) -> dict:
+def _unit_job(ctx: R.Context, units: list, topic: str | None, part: int, i: int) -> dict:
     """One digest unit; publishes its files and bytes for the driver's progress line."""
-    res = R.run_unit(ctx, units, 0)
+    res = R.run_unit_checkpointed(ctx, units[0], part, i)
     unit = units[0]
     PROG.unit_done(topic, files=sum(1 for r in unit.ranges if r.offset == 0),
                    nbytes=unit.nbytes)
@@ -386,7 +451,7 @@ def _partition_job(ctx: R.Context, part: int, topic: str | None = None) -> dict:
         return R.finish_partition(ctx, plan)
     client = get_client()
     futs = [
-        client.submit(_unit_job, ctx, [u], topic, pure=False,
+        client.submit(_unit_job, ctx, [u], topic, part, i, pure=False,
                       key=f"digest-p{part}-u{i}-{ctx.run_id}")
         for i, u in enumerate(units)
     ]

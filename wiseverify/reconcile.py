@@ -10,7 +10,11 @@ anywhere in the cluster.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import pickle
+import shutil
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from . import carry as C
 from . import digest as D
 from . import hsm
 from . import schema as S
@@ -44,6 +49,7 @@ class Context:
     head_concurrency: int = 32
     get_concurrency: int = 16
     min_units: int = 8  # split small partitions into at least this many units
+    previous_run: str | None = None  # reuse unchanged evidence of this run (incremental)
 
     @property
     def src_inv(self) -> str:
@@ -67,7 +73,12 @@ def plan_partition(ctx: Context, part: int) -> dict:
     dst = read_partition(ctx.dst_inv, part, S.DEST_INVENTORY)
     m = match_partition(src, dst)
     _skip_released(ctx, m)
-    cand_idx = m.index[m["status"].isna()].tolist()
+    carried: dict[int, dict] = {}
+    if ctx.previous_run:
+        open_idx = m.index[m["status"].isna()].tolist()
+        prev = C.load_previous(Path(ctx.previous_run), part, m.loc[open_idx, "key"].tolist())
+        carried = C.carry_over(m, open_idx, prev)
+    cand_idx = [i for i in m.index[m["status"].isna()].tolist() if i not in carried]
     cand_rows = [_row_dict(m, i) for i in cand_idx]
     evs = plan_evidence(cand_rows, ctx.target, ctx.mode, ctx.metadata, ctx.head_min_size,
                         ctx.head_concurrency)
@@ -95,7 +106,7 @@ def plan_partition(ctx: Context, part: int) -> dict:
     range_bytes = min(ctx.range_bytes, max(32 << 20, total // ctx.min_units))
     units = D.make_units(items, unit_bytes, unit_files, range_bytes)
     return {"part": part, "frame": m, "evidence": evidence, "units": units,
-            "requests": sum(e.requests for e in evs)}
+            "carried": carried, "requests": sum(e.requests for e in evs)}
 
 
 def _skip_released(ctx: Context, m: pd.DataFrame) -> None:
@@ -117,14 +128,48 @@ def _skip_released(ctx: Context, m: pd.DataFrame) -> None:
             m.at[paths[path], "detail"] = reason
 
 
-def units_of(plan: dict) -> list[D.Unit]:
-    return plan["units"]
-
-
 def run_unit(ctx: Context, units: list[D.Unit], i: int) -> dict:
     """Digest work unit ``i`` of a partition (a Dask task of its own)."""
     target = ctx.target if ctx.mode == "readback" else None
     return D.run_unit(units[i], target, ctx.get_concurrency)
+
+
+def unit_fingerprint(unit: D.Unit) -> str:
+    """Identifies a unit's exact work: a checkpoint is reused only for the same ranges."""
+    h = hashlib.sha256()
+    for r in unit.ranges:
+        it = r.item
+        h.update(repr((it.path, it.size, it.mtime_ns, it.dst_key, it.spec.whole, it.spec.parts,
+                       it.spec.part_offsets, r.offset, r.length)).encode())
+    return h.hexdigest()[:24]
+
+
+def checkpoint_dir(ctx: Context, part: int) -> Path:
+    return Path(ctx.run_dir) / "digest" / f"p{part:05d}"
+
+
+def run_unit_checkpointed(ctx: Context, unit: D.Unit, part: int, i: int) -> dict:
+    """Run a unit, or load its result saved by an interrupted run (``--resume``).
+
+    Each finished unit is saved under ``digest/`` (temp name, then rename), so a
+    killed run redoes only the units that were in flight.
+    """
+    path = checkpoint_dir(ctx, part) / f"u{i:06d}-{unit_fingerprint(unit)}.pkl"
+    if path.is_file():
+        try:
+            res = pickle.loads(path.read_bytes())
+            res["reused"] = True
+            return res
+        except Exception:  # a damaged checkpoint is recomputed
+            path.unlink(missing_ok=True)
+    target = ctx.target if ctx.mode == "readback" else None
+    res = D.run_unit(unit, target, ctx.get_concurrency)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
+    os.replace(tmp, path)
+    res["reused"] = False
+    return res
 
 
 def _row_dict(m: pd.DataFrame, i: int) -> dict:
@@ -173,7 +218,16 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     out["metadata_checked"] = [False] * n
     status = m["status"].astype(object).where(m["status"].notna(), None).tolist()
     detail = m["detail"].astype(object).where(m["detail"].notna(), None).tolist()
+    out["evidence_run"] = [ctx.run_id] * n
     sse_check: list[int] = []
+
+    # unchanged on both sides since the previous run: its evidence stands
+    for i, prow in plan.get("carried", {}).items():
+        status[i], detail[i] = prow["status"], prow["detail"]
+        for c in C.EVIDENCE_COLUMNS:
+            if c not in ("status", "detail"):
+                out[c][i] = prow[c]
+        out["bytes_read_src"][i] = 0
 
     for i, ev in evidence.items():
         out["dst_parts"][i] = ev.parts
@@ -266,7 +320,13 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
 
     table = _to_table(ctx, plan["part"], m, status, detail, out)
     write_atomic(table, ctx.part_path(plan["part"]))
-    return summarize(table) | {"requests": plan.get("requests", 0)}
+    shutil.rmtree(checkpoint_dir(ctx, plan["part"]), ignore_errors=True)
+    return summarize(table) | {
+        "requests": plan.get("requests", 0),
+        "carried": len(plan.get("carried", {})),
+        "units": len(unit_results),
+        "units_reused": sum(1 for r in unit_results if r.get("reused")),
+    }
 
 
 def _col(m: pd.DataFrame, name: str) -> list:
@@ -316,7 +376,7 @@ def _to_table(ctx: Context, part: int, m: pd.DataFrame, status: list, detail: li
         "bytes_read_src": out["bytes_read_src"],
         "bytes_read_dst": out["bytes_read_dst"],
         "partition": [part] * n,
-        "evidence_run": [ctx.run_id] * n,
+        "evidence_run": out["evidence_run"],
     }
     table = pa.table(cols, schema=S.RECONCILIATION)
     return table.sort_by("key")

@@ -29,8 +29,9 @@ def add_totals(totals: dict, part: dict) -> None:
     for k in ("counts", "bytes", "verified_by"):
         for name, v in part.get(k, {}).items():
             totals[k][name] = totals[k].get(name, 0) + v
-    for k in ("bytes_read_src", "bytes_read_dst", "rows", "requests"):
-        totals[k] += part.get(k, 0)
+    for k in ("bytes_read_src", "bytes_read_dst", "rows", "requests", "carried", "units",
+              "units_reused"):
+        totals[k] = totals.get(k, 0) + part.get(k, 0)
     totals["partitions"] += 1
 
 
