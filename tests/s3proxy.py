@@ -33,6 +33,10 @@ class Faults:
     slow_rate: float = 0.0  # share of responses delayed by slow_seconds
     slow_seconds: float = 0.5
     seed: int = 1
+    # deterministic variants: every Nth request (0 = off), so a short run still sees faults
+    error_every: int = 0
+    reset_every: int = 0
+    slow_every: int = 0
 
 
 class S3Proxy:
@@ -80,13 +84,14 @@ class S3Proxy:
         body = h.rfile.read(length) if length else b""
         with self._lock:
             self.requests.append((h.command, h.path))
+            n = len(self.requests)
         path = unquote(urlsplit(h.path).path)
         f = self.faults
         if h.command in ("HEAD", "GET") and any(k in path for k in f.deny_keys):
             with self._lock:
                 self.injected["deny"] += 1
             return self._error(h, 403, "AccessDenied", "Access Denied")
-        if self._roll(f.reset_rate):
+        if self._roll(f.reset_rate) or (f.reset_every and n % f.reset_every == 0):
             with self._lock:
                 self.injected["reset"] += 1
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
@@ -94,13 +99,13 @@ class S3Proxy:
             h.close_connection = True
             h.connection.close()
             return None
-        if self._roll(f.error_rate):
+        if self._roll(f.error_rate) or (f.error_every and n % f.error_every == 0):
             with self._lock:
                 self.injected["error"] += 1
             if self._roll(0.5):
                 return self._error(h, 503, "SlowDown", "Please reduce your request rate.")
             return self._error(h, 500, "InternalError", "We encountered an internal error.")
-        if self._roll(f.slow_rate):
+        if self._roll(f.slow_rate) or (f.slow_every and n % f.slow_every == 0):
             with self._lock:
                 self.injected["slow"] += 1
             time.sleep(f.slow_seconds)

@@ -37,8 +37,14 @@ EVIDENCE_COLUMNS = ("status", "verified_by", "detail", "dst_parts", "dst_part_si
                     "src_digest", "src_crc64nvme", "metadata_checked", "evidence_run")
 
 
-def usable_previous(prev_dir: str | Path | None, root: str, dest: str) -> tuple[Path | None, str]:
-    """The previous run to reuse evidence from, or None with the reason."""
+def usable_previous(prev_dir: str | Path | None, root: str, dest: str, mode: str = "stored",
+                    metadata: str = "auto") -> tuple[Path | None, str]:
+    """The previous run to reuse evidence from, or None with the reason.
+
+    Evidence is only carried into a run that asks for no more than the previous
+    one proved: stored-checksum verdicts never stand in for a readback, and a
+    run that HEADs every object for metadata does not reuse one that did not.
+    """
     if prev_dir is None:
         return None, "no previous run"
     prev = Path(prev_dir)
@@ -48,6 +54,15 @@ def usable_previous(prev_dir: str | Path | None, root: str, dest: str) -> tuple[
     summary = json.loads(sfile.read_text())
     if summary.get("source") != root or summary.get("destination") != dest:
         return None, f"{prev} verified {summary.get('source')} -> {summary.get('destination')}"
+    prev_mode = summary.get("mode", "stored")
+    if mode == "readback" and prev_mode != "readback":
+        return None, f"{prev} was a {prev_mode} run; a readback run reads everything"
+    try:
+        prev_meta = json.loads((prev / "run.json").read_text())["config"].get("metadata")
+    except (OSError, ValueError, KeyError):
+        prev_meta = None
+    if metadata == "all" and prev_meta != "all":
+        return None, f"{prev} did not check the metadata of every object"
     return prev, f"reusing unchanged evidence of run {summary.get('run_id')}"
 
 

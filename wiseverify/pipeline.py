@@ -38,6 +38,9 @@ from . import reconcile as R
 from . import report as REP
 from .s3 import S3Target, preflight
 
+#: below this many keys per worker process a run stays in one partition
+SPLIT_MIN_ROWS = 5_000
+
 
 class ConfigError(Exception):
     """A usage or configuration problem: reported in one line, exit code 2."""
@@ -196,7 +199,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     # incremental: evidence of the previous run of the same source and destination
     prev_dir, prev_note = (None, "--full: everything re-hashed") if cfg.full else \
         C.usable_previous(cfg.previous_run or AUD.find_previous(run_dir, started.isoformat()),
-                          root, target.url)
+                          root, target.url, cfg.mode, cfg.metadata)
     if prev_dir is not None:
         say(prev_note)
     inv_marker = run_dir / "inventory" / "_complete.json"
@@ -281,8 +284,13 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         f"destination {stats['dst_rows']:,} objects ({t_inv - t0:.1f} s)")
 
     # --- 2. hash partitions --------------------------------------------------------------
+    rows = max(stats["src_rows"], stats["dst_rows"])
     nparts = cfg.partitions or max(
-        1, math.ceil(max(stats["src_rows"], stats["dst_rows"]) / cfg.rows_per_partition)
+        1, math.ceil(rows / cfg.rows_per_partition),
+        # one partition per worker process once there is enough to share: planning and
+        # reconciling a partition is GIL-bound Python/pandas work, so a single partition
+        # keeps every process but one idle while it is planned and finished
+        min(len(workers), rows // SPLIT_MIN_ROWS),
     )
     if inv_reused:
         nparts = saved["partitions"]
