@@ -282,9 +282,41 @@ def _resolve_verify_args(argv: list[str]) -> tuple[list[str], dict]:
     return list(argv), {}
 
 
+def _runner_class():
+    """dask-jobqueue's SLURMRunner, with a driver that can stop a TLS scheduler.
+
+    dask-jobqueue 0.9 opens the driver's control connection to the scheduler
+    without security arguments; over TLS the final "terminate" then fails and
+    the scheduler and workers would hold the allocation until its time limit.
+    """
+    from dask_jobqueue.slurm import SLURMRunner
+    from distributed.core import rpc
+    from distributed.security import Security
+
+    class Runner(SLURMRunner):
+        async def before_client_start(self) -> None:
+            if self.scheduler_address:
+                self.scheduler_comm = rpc(
+                    self.scheduler_address,
+                    connection_args=Security().get_connection_args("client"),
+                )
+
+    return Runner
+
+
+def _shutdown_scheduler(sched_file: Path) -> None:
+    """Last resort after a failed driver: stop the scheduler, and with it the workers."""
+    from distributed import Client
+
+    if not sched_file.exists():
+        return
+    with contextlib.suppress(Exception), Client(scheduler_file=str(sched_file),
+                                                timeout="10s") as client:
+        client.shutdown()
+
+
 def run_in_allocation(argv: list[str]) -> int:
     """The body of every ``srun`` task of ``slurm/verify.sh``; returns the exit code."""
-    from dask_jobqueue.slurm import SLURMRunner
     from distributed import Client
 
     from .cli import EXIT_CONFIG, EXIT_FAIL, build_parser
@@ -319,6 +351,7 @@ def run_in_allocation(argv: list[str]) -> int:
         str(rcfg["scheduler-file"]).format(run_dir=run_dir, job_id=job_id)))
     tls_dir: Path | None = None
     rc = EXIT_FAIL
+    stopped = False
     try:
         host = node_address(cfg.get("interface"))
         tls_dir = runner_tls(cfg, job_id, rank)
@@ -342,8 +375,9 @@ def run_in_allocation(argv: list[str]) -> int:
         }
         # Scheduler and worker ranks stay inside the constructor until the
         # scheduler shuts down, then leave through SystemExit(0).
-        with SLURMRunner(scheduler_file=str(sched_file), scheduler_options=scheduler_options,
-                         worker_options=worker_options) as runner, Client(runner) as client:
+        runner_cls = _runner_class()
+        with runner_cls(scheduler_file=str(sched_file), scheduler_options=scheduler_options,
+                        worker_options=worker_options) as runner, Client(runner) as client:
             print(f"wiseverify: job {job_id}: scheduler {client.scheduler.address}, "
                   f"dashboard {client.dashboard_link}, waiting for {runner.n_workers} "
                   "worker(s)", flush=True)
@@ -358,6 +392,7 @@ def run_in_allocation(argv: list[str]) -> int:
             # scheduler that is gone
             with contextlib.suppress(Exception):
                 client.retire_workers(close_workers=True)
+        stopped = True
     except Exception as exc:
         from .cluster import ClusterError
 
@@ -367,6 +402,8 @@ def run_in_allocation(argv: list[str]) -> int:
             raise
         return fail(f"run failed: {type(exc).__name__}: {exc}", EXIT_FAIL)
     finally:
+        if rank == 1 and not stopped:
+            _shutdown_scheduler(sched_file)
         if rank == 1 and tls_dir is not None:
             shutil.rmtree(tls_dir, ignore_errors=True)
     return rc
@@ -512,17 +549,25 @@ class JobWatch:
         return [d[0] for d in dead]
 
     def _replace(self, dead: list[tuple[str, str, str]]) -> None:
-        """On the cluster's event loop: the plan is only changed from there."""
+        """On the cluster's event loop: the plan is only changed from there.
+
+        The replacement gets a new name, taken while the ended job still holds
+        its own: reusing the name would leave the plan unchanged, and the
+        ended job object would be kept instead of a new job submitted.
+        """
         spec = self.cluster.worker_spec
-        want = len(spec)
         for name, jid, state in dead:
-            if name in spec:
-                del spec[name]
-                self.replaced.append((name, jid, state))
-                logger.warning("worker job %s (%s) is %s; submitting a replacement",
-                               jid, name, state)
+            if name not in spec:
+                continue
+            new = self.cluster.new_worker_spec()
+            del spec[name]
+            spec.update(new)
+            self.replaced.append((name, jid, state))
+            logger.warning("worker job %s (%s) is %s; submitting a replacement (%s)",
+                           jid, name, state, ", ".join(map(str, new)))
         if self.cluster.status.name not in ("closing", "closed"):
-            self.cluster.scale(jobs=want)
+            # same size: only closes the ended job objects and opens the new ones
+            self.cluster.scale(jobs=len(spec))
 
 
 @contextlib.contextmanager
