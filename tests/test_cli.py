@@ -129,3 +129,47 @@ def test_scheduler_address_attaches_to_a_running_cluster(small_tree, tmp_path, s
     assert "2 workers" in proc.stdout
     # the attached cluster is left running for its owner
     assert set(dask_client.scheduler_info()["workers"]) == before
+
+
+def test_job_file_runs_and_flags_override(small_tree, tmp_path, s3, bucket):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source: {small_tree}\ndest: s3://{bucket}/w\nout_root: {tmp_path / 'runs'}\n"
+                   f"endpoint_url: {s3.url}\nmode: readback\n")
+    proc = wv("verify", "--job", str(job), "--mode", "stored", "--workers", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "runs").iterdir()  # a new dated run directory
+    import json
+
+    assert json.loads((run / "summary.json").read_text())["mode"] == "stored"
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("dest: s3://b/p\nout: /tmp/x\n", "'source' is required"),
+    ("source: /tmp\ndest: s3://b/p\nout: /tmp/x\nmod: stored\n", "unknown setting 'mod'"),
+    ("source: /tmp\ndest: s3://b/p\nout: /tmp/x\naws_secret_access_key: x\n", "credential"),
+    ("- just\n- a list\n", "mapping"),
+])
+def test_job_file_errors_are_one_line(tmp_path, body, needle):
+    job = tmp_path / "job.yaml"
+    job.write_text(body)
+    assert_config_error(wv("verify", "--job", str(job)), needle)
+
+
+def test_job_file_wrong_type(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("source: /tmp\ndest: s3://b/p\nout: /tmp/x\nmax_metadata_ops: lots\n")
+    proc = wv("verify", "--job", str(job))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--max-metadata-ops: invalid float value: 'lots'" in proc.stderr
+
+
+def test_reference_job_file_is_valid():
+    from pathlib import Path
+
+    from wiseverify.jobfile import load_job, verify_argv
+
+    job = load_job(Path(__file__).parent.parent / "jobs" / "platform-cutover.yaml")
+    argv = verify_argv(job, stamp="20261127T220000Z")
+    assert argv[:2] == ["/lustre/stats/platform", "s3://stats-platform-archive/platform/"]
+    assert "/lustre/verify-runs/platform/20261127T220000Z" in argv[3]
+    assert "--max-metadata-ops" in argv

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dest", nargs="?", help="s3://bucket/prefix")
     v.add_argument("--out", metavar="RUN_DIR",
                    help="run directory to create (on storage all workers can reach)")
+    v.add_argument("--job", metavar="FILE",
+                   help="take SOURCE, DEST, the run directory and options from a job file "
+                   "(jobs/*.yaml); flags given on the command line override it")
     v.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run with its own settings; finished "
                    "partitions and digest units are kept")
@@ -256,7 +259,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, args.workers)
 
 
+def _expand_job(argv: list[str]) -> list[str]:
+    """``verify --job FILE [flags]`` -> the job file's arguments followed by the flags.
+
+    argparse keeps the last value of an option, so flags typed after the job
+    file's settings override them.
+    """
+    if not argv or argv[0] != "verify" or "--job" not in argv:
+        return argv
+    from .jobfile import JobFileError, load_job, verify_argv
+
+    i = argv.index("--job")
+    if i + 1 >= len(argv):
+        raise JobFileError("--job needs a job file path")
+    rest = argv[1:i] + argv[i + 2 :]
+    job = load_job(argv[i + 1])
+    return ["verify", *verify_argv(job), *rest]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .jobfile import JobFileError
+
+    try:
+        argv = _expand_job(list(sys.argv[1:] if argv is None else argv))
+    except JobFileError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
     args = build_parser().parse_args(argv)
     handler = {"verify": cmd_verify, "report": cmd_report, "audit": cmd_audit,
                "diff": cmd_diff, "runs": cmd_runs, "demo": cmd_demo}[args.command]

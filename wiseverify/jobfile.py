@@ -37,7 +37,7 @@ import yaml
 #: keys that are not ``wiseverify verify`` options
 STRUCTURAL = ("source", "dest", "out", "out_root", "slurm", "dask")
 #: command-line options a job file must not set: the runner decides where Dask runs
-NOT_IN_JOB_FILES = ("scheduler", "workers", "cluster", "min_jobs", "max_jobs")
+NOT_IN_JOB_FILES = ("scheduler", "workers", "cluster", "min_jobs", "max_jobs", "job", "resume")
 #: key names that look like credentials; refused so they never land in a file
 CREDENTIAL_WORDS = ("secret", "password", "token", "access_key", "credential")
 
