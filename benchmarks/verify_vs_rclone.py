@@ -372,13 +372,13 @@ def main(argv: list[str] | None = None) -> int:
 
             ours, theirs = [], []
             for i in range(args.repeat):
-                ours.append(run_ours(fx, s3, base / f"run-stored-{i}", "stored", ours_x))
+                ours.append(run_ours(fx, s3, base / f"stored-{i}" / "run", "stored", ours_x))
                 theirs.append(run_rclone(fx, s3, False, rclone_x))
             stored_line = report("verify_vs_rclone", ours, theirs, 0.5)
             if not args.skip_readback:
                 ours_rb, theirs_rb = [], []
                 for i in range(args.repeat):
-                    ours_rb.append(run_ours(fx, s3, base / f"run-readback-{i}", "readback",
+                    ours_rb.append(run_ours(fx, s3, base / f"readback-{i}" / "run", "readback",
                                             ours_x))
                     theirs_rb.append(run_rclone(fx, s3, True, rclone_x))
                 lines.append(report("verify_vs_rclone_readback", ours_rb, theirs_rb, 0.7))
