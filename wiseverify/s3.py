@@ -139,6 +139,7 @@ def preflight(target: S3Target) -> None:
         await client.head_bucket(Bucket=target.bucket)
 
     where = target.endpoint_url or "AWS S3"
+    _probe_endpoint(target.endpoint_url)
     try:
         target.run(_check)
     except (NoCredentialsError, PartialCredentialsError) as exc:
@@ -167,6 +168,25 @@ def preflight(target: S3Target) -> None:
     except Exception as exc:  # DNS failures, TLS errors, bad endpoint URLs
         text = str(exc) or type(exc).__name__
         raise S3ConfigError(f"cannot reach the S3 endpoint {where}: {text}") from None
+
+
+def _probe_endpoint(endpoint_url: str | None, timeout: float = 5.0) -> None:
+    """A refused or silent endpoint fails in seconds, before botocore's retries multiply it."""
+    if not endpoint_url:
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(endpoint_url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise S3ConfigError(f"--endpoint-url must be an http(s):// URL, got {endpoint_url!r}")
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise S3ConfigError(f"cannot reach the S3 endpoint {endpoint_url}: {reason}") from None
 
 
 async def gather_limited(
