@@ -143,6 +143,7 @@ SchedulerParameters=batch_sched_delay=0
 SlurmdParameters=config_overrides
 ReturnToService=2
 MailProg=/bin/true
+ScronParameters=enable
 MinJobAge=300
 KillWait=5
 InactiveLimit=0

@@ -389,9 +389,12 @@ def run_in_allocation(argv: list[str]) -> int:
                             f"{rcfg.get('worker-timeout')} s", EXIT_FAIL)
             rc = cli_main(["verify", *verify_args, "--scheduler", str(sched_file)])
             # workers first, so their own clients close instead of retrying a
-            # scheduler that is gone
+            # scheduler that is gone, and the scheduler sees them leave
             with contextlib.suppress(Exception):
                 client.retire_workers(close_workers=True)
+                deadline = time.monotonic() + 15
+                while client.scheduler_info()["workers"] and time.monotonic() < deadline:
+                    time.sleep(0.1)
         stopped = True
     except Exception as exc:
         from .cluster import ClusterError
