@@ -290,6 +290,47 @@ def test_cluster_slurm_survives_a_cancelled_worker_job(fixture_tree, s3, tmp_pat
 
 
 @pytest.mark.slurm
+def test_cli_cluster_slurm_run_is_audit_clean(fixture_tree, s3, local_table, tmp_path):
+    """``wiseverify verify --cluster slurm``: same rows, exit 1, and an intact audit."""
+    need_slurm()
+    root, dest, expect = fixture_tree
+    out = tmp_path / "run"
+    env = _job_env(DASK_WISEVERIFY__SLURM__CLUSTER__CORES="1",
+                   DASK_WISEVERIFY__SLURM__CLUSTER__MEMORY="1GiB")
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "wiseverify.cli", "verify", str(root), dest, "--out", str(out),
+         "--endpoint-url", s3.url, "--cluster", "slurm", "--min-jobs", "1", "--max-jobs", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    print(f"wiseverify verify --cluster slurm: {time.monotonic() - t0:.1f} s")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "slurm: scheduler tcp://" in r.stderr and "waiting for 1 worker job(s) (max 2)" in r.stderr
+    assert "wiseverify FAIL run=" in r.stdout
+    _assert_same_table(_rows(read_table(out)), local_table)
+    assert list((out / ".slurm").glob("wiseverify-worker-*.err"))
+    # worker logs still being written after the manifest do not break the audit
+    a = subprocess.run([sys.executable, "-m", "wiseverify.cli", "audit", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert a.returncode == 0, (a.stdout, a.stderr)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--min-jobs", "2"], "--min-jobs and --max-jobs need --cluster slurm"),
+    (["--cluster", "slurm", "--workers", "2"], "with --cluster slurm use --min-jobs"),
+])
+def test_cli_cluster_flag_errors(fixture_tree, s3, tmp_path, flags, needle):
+    root, dest, _ = fixture_tree
+    r = subprocess.run(
+        [sys.executable, "-m", "wiseverify.cli", "verify", str(root), dest, "--out",
+         str(tmp_path / "run"), "--endpoint-url", s3.url, *flags],
+        capture_output=True, text=True, env=_job_env(), timeout=300,
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slurm
 def test_slurmcluster_job_script_directives(tmp_path, monkeypatch):
     """The generated worker job script: resources, binding, TLS files, and no credentials."""
     need_slurm()

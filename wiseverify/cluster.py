@@ -88,6 +88,11 @@ def open_client(
     if scheduler and cluster != "local":
         raise ClusterError("--scheduler attaches to a running scheduler; it cannot be "
                            f"combined with --cluster {cluster}")
+    if cluster == "slurm" and workers:
+        raise ClusterError("--workers sizes the local cluster; with --cluster slurm use "
+                           "--min-jobs and --max-jobs")
+    if cluster != "slurm" and (min_jobs or max_jobs):
+        raise ClusterError("--min-jobs and --max-jobs need --cluster slurm")
     if scheduler:
         try:
             if os.path.isfile(scheduler):  # a scheduler file, as dask scheduler writes

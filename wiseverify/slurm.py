@@ -157,6 +157,19 @@ def _tls_paths(tls: dict) -> tuple[str, str, str]:
     return files  # type: ignore[return-value]
 
 
+def _temporary_security():
+    """A throwaway self-signed certificate for one run (needs ``cryptography``)."""
+    from distributed.security import Security
+
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise _cluster_error(
+            "tls: true needs the cryptography package (pip install cryptography), or give "
+            "tls: {ca-file, cert, key} with your own PEM files"
+        ) from None
+
+
 def cluster_security(cfg: dict):
     """The :class:`distributed.Security` for ``--cluster slurm``, or None for plain TCP."""
     from distributed.security import Security
@@ -165,7 +178,7 @@ def cluster_security(cfg: dict):
     if not tls:
         return None
     if tls is True:
-        return Security.temporary()
+        return _temporary_security()
     if isinstance(tls, dict):
         ca, cert, key = _tls_paths(tls)
         return Security(
@@ -217,15 +230,13 @@ def runner_tls(cfg: dict, job_id: str, rank: int, timeout: float = 120.0) -> Pat
         return None
     if tls is not True:
         raise _cluster_error(f"tls must be true, false or a mapping, got {tls!r}")
-    from distributed.security import Security
-
     d = Path(os.path.expanduser(str(cfg["tls-directory"]))) / f"job-{job_id}"
     ca, key = d / "ca.pem", d / "key.pem"
     if rank == 0:
         d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         d.mkdir(exist_ok=True, mode=0o700)
         os.chmod(d, 0o700)
-        sec = Security.temporary()
+        sec = _temporary_security()
         _private_write(key, sec.tls_scheduler_key)
         _private_write(ca, sec.tls_ca_file)
     else:
