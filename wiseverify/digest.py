@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import stat as statmod
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from awscrt import checksums as crc
@@ -238,6 +240,76 @@ class StreamHasher:
         }
 
 
+# --- digests computed ahead of the plan -------------------------------------------------
+#
+# While the destination is still being listed, the source side is already known and
+# the workers are mostly waiting on the object store.  Small files are then hashed
+# ahead of time with exactly the digests the planner will ask of them: below the
+# HEAD threshold a single-part object is checked against the MD5 in its listed
+# ETag, and every source pass also carries a CRC64NVME.  A digest unit later serves
+# such a file from these results instead of reading it again, so each byte is
+# still read once; anything else (other digests, parts, partial ranges, a file
+# whose size or mtime differ from the listing) is read and hashed as usual.
+
+#: the digests hashed ahead of time (evidence.plan_one's spec for an ETag-MD5 object)
+PREHASH_SPEC = Spec(whole=("md5", "crc64nvme"))
+
+#: (size, mtime_ns, md5 digest, crc64nvme) of one file, keyed by its absolute path
+Known = Mapping[bytes, tuple[int, int, bytes, int]]
+
+
+@contextlib.contextmanager
+def known_digests(known: Known | None) -> Iterator[None]:
+    """Let :func:`hash_source_range` in this thread serve whole files from ``known``.
+
+    Scoped to the calling thread and the ``with`` block, so results never leak
+    into another run or another unit's thread.
+    """
+    prev = getattr(_local, "known", None)
+    _local.known = known
+    try:
+        yield
+    finally:
+        _local.known = prev
+
+
+def _from_known(r: RangeTask) -> dict | None:
+    known = getattr(_local, "known", None)
+    item = r.item
+    if not known or r.offset or r.length != item.size or item.spec.parts:
+        return None
+    if not set(item.spec.whole) <= set(PREHASH_SPEC.whole):
+        return None
+    hit = known.get(item.path)
+    if hit is None or hit[0] != item.size or hit[1] != item.mtime_ns:
+        return None
+    values = {"md5": hit[2], "crc64nvme": hit[3]}
+    return {"idx": item.idx, "offset": 0, "length": item.size, "error": None,
+            "bytes": item.size,  # read once, ahead of time
+            "crc": {a: values[a] for a in item.spec.whole if a in COMBINABLE},
+            "hash": {a: values[a] for a in item.spec.whole if a not in COMBINABLE},
+            "parts": {}}
+
+
+def prehash_files(files: Iterable[tuple[bytes, int, int]],
+                  stop: Callable[[], bool] | None = None) -> list[tuple[bytes, int, int, bytes, int]]:
+    """Hash ``(path, size, mtime_ns)`` files with :data:`PREHASH_SPEC`, until ``stop()``.
+
+    Returns ``(path, size, mtime_ns, md5, crc64nvme)`` for the files read
+    cleanly; a file that fails or changed is left out, for the digest stage to
+    read again and report.
+    """
+    out = []
+    for n, (path, size, mtime_ns) in enumerate(files):
+        if stop is not None and n % 32 == 0 and stop():
+            break
+        item = FileItem(idx=0, path=path, size=size, mtime_ns=mtime_ns, spec=PREHASH_SPEC)
+        res = hash_source_range(RangeTask(item, 0, size))
+        if res["error"] is None:
+            out.append((path, size, mtime_ns, res["hash"]["md5"], res["crc"]["crc64nvme"]))
+    return out
+
+
 # --- source ranges ----------------------------------------------------------------------
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -256,6 +328,9 @@ def _open_source(path: str) -> int:
 
 def hash_source_range(r: RangeTask) -> dict:
     """Hash one range of a source file; errors and changes since listing become ``error``."""
+    known = _from_known(r)
+    if known is not None:
+        return known
     item = r.item
     out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
                  "bytes": 0}

@@ -14,6 +14,7 @@ system on an HPC cluster).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from . import audit as AUD
 from . import carry as C
+from . import digest as D
 from . import inventory as INV
 from . import progress as PROG
 from . import reconcile as R
@@ -40,6 +42,8 @@ from .s3 import S3Target, preflight
 
 #: below this many keys per worker process a run stays in one partition
 SPLIT_MIN_ROWS = 5_000
+#: source inventory rows per listing-time prehash task (see _prehash_job)
+PREHASH_ROWS = 1_000
 
 
 class ConfigError(Exception):
@@ -72,6 +76,7 @@ class VerifyConfig:
     run_id: str | None = None
     previous_run: str | None = None  # audit chain link; default: newest earlier sibling
     full: bool = False  # re-hash everything instead of reusing the previous run's evidence
+    prehash: bool = True  # hash small source files while the destination is being listed
     resume: bool = False  # continue the interrupted run in ``out``
     extra: dict = field(default_factory=dict)
 
@@ -109,25 +114,47 @@ def _progress(log: Callable[[str], None] | None):
     return say
 
 
-def _submit_windowed(client, pending: list, submit, window: int, on_result) -> None:
-    """Keep at most ``window`` tasks in flight; ``on_result`` may add more to ``pending``."""
+def _submit_windowed(client, pending: list, submit, window: int, on_result,
+                     speculative: list | None = None, spec_window: int = 0,
+                     on_main_done: Callable[[], None] | None = None) -> None:
+    """Keep at most ``window`` tasks in flight; ``on_result`` may add more to ``pending``.
+
+    ``speculative`` jobs (which ``on_result`` may also add to) run at most
+    ``spec_window`` at a time and only while main jobs are still in flight: once
+    the main work is done, ``on_main_done`` is called, the speculative jobs not
+    yet started are dropped and the running ones are awaited.
+    """
     from distributed import as_completed
 
     ac = as_completed()
     inflight = 0
+    spec_keys: set[str] = set()
+    speculative = speculative if speculative is not None else []
 
     def fill():
         nonlocal inflight
         while pending and inflight < window:
             ac.add(submit(pending.pop()))
             inflight += 1
+        while speculative and inflight and len(spec_keys) < spec_window:
+            fut = submit(speculative.pop())
+            spec_keys.add(fut.key)
+            ac.add(fut)
 
     fill()
     for fut in ac:
-        inflight -= 1
+        if fut.key in spec_keys:
+            spec_keys.discard(fut.key)
+        else:
+            inflight -= 1
         on_result(fut.result())
         fut.release()
         fill()
+        if not inflight and not pending and speculative is not None:
+            if on_main_done is not None:
+                on_main_done()
+                on_main_done = None
+            speculative.clear()
 
 
 def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
@@ -222,12 +249,30 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     # common prefixes back; otherwise one recursive paginated listing of the prefix
     pending: list[tuple] = [] if inv_reused else [
         ("src", [b""]), ("dst", "", 0, cfg.fanout_depth > 0)]
+    # Small source files are hashed while the destination is still being listed: the
+    # listing waits on the object store, the walk is long done, and the digests the
+    # planner will ask of a small single-part object (its ETag's MD5, plus the
+    # CRC64NVME of every pass) do not depend on the listing.  Only when nothing is
+    # carried from a previous run, in stored mode, and never past the listing's end.
+    use_prehash = (cfg.prehash and cfg.mode == "stored" and prev_dir is None
+                   and not cfg.resume)
+    speculative: list[tuple] = []
+    pre_spools: list[tuple[str, int]] = []
+    pre = {"files": 0, "bytes": 0}
+    stop_flag = spool / "_prehash_stop"
     if inv_reused:
         saved = json.loads(inv_marker.read_text())
         stats.update(saved["stats"])
 
     def submit(job):
         n = next(seq)
+        if job[0] == "pre":
+            _, path, start, count = job
+            return client.submit(
+                _prehash_job, root, path, start, count, str(spool / f"pre-{n:08d}.parquet"),
+                cfg.head_min_size, str(stop_flag), pure=False, priority=1,
+                key=f"prehash-{n}-{run_id}",
+            )
         if job[0] == "src":
             return client.submit(
                 _walk_job, root, job[1], str(spool / f"src-{n:08d}.parquet"),
@@ -241,12 +286,22 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         )
 
     def on_result(res):
+        if res["side"] == "pre":
+            pre["files"] += res["files"]
+            pre["bytes"] += res["bytes"]
+            if res["spool"]:
+                pre_spools.append((res["spool"], res["files"]))
+            return
         if res["side"] == "src":
             stats["src_rows"] += res["count"]
             stats["dirs"] += res["dirs"]
             stats["metadata_ops"] += res["ops"]
             if res["spool"]:
                 src_spools.append((res["spool"], res["count"]))
+                if use_prehash:
+                    for j in range(0, res["count"], PREHASH_ROWS):
+                        speculative.append(("pre", res["spool"], j,
+                                            min(PREHASH_ROWS, res["count"] - j)))
             dirs = res["pending"]
             step = max(1, min(64, math.ceil(len(dirs) / window)))
             for j in range(0, len(dirs), step):
@@ -271,17 +326,22 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
 
     def on_listed(res):
         on_result(res)
+        if res["side"] == "pre":
+            return
         prog.update(files=res["count"], nbytes=res.get("bytes", 0),
                     note=f"source {stats['src_rows']:,}, destination {stats['dst_rows']:,}")
 
     prog.stage("inventory", unit="entries")
-    _submit_windowed(client, pending, submit, window, on_listed)
+    _submit_windowed(client, pending, submit, window, on_listed, speculative,
+                     max(1, nthreads // 4), stop_flag.touch)
     prog.end_stage()
     if list_errors:
         raise RuntimeError("destination listing failed: " + "; ".join(list_errors[:3]))
     t_inv = time.monotonic()
     say(f"inventory: source {stats['src_rows']:,} entries in {stats['dirs']:,} directories, "
-        f"destination {stats['dst_rows']:,} objects ({t_inv - t0:.1f} s)")
+        f"destination {stats['dst_rows']:,} objects ({t_inv - t0:.1f} s)"
+        + (f"; {pre['files']:,} small files ({pre['bytes'] / 1e9:.2f} GB) hashed meanwhile"
+           if pre["files"] else ""))
 
     # --- 2. hash partitions --------------------------------------------------------------
     rows = max(stats["src_rows"], stats["dst_rows"])
@@ -303,11 +363,16 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         for gi, group in enumerate(_groups(spools, 1_000_000)):
             futs.append(client.submit(INV.compact, group, out_dir, nparts, f"c{gi:05d}",
                                       pure=False, key=f"compact-{side}-{gi}-{run_id}"))
+    prehash_dir = str(run_dir / "inventory" / "prehash") if pre_spools else None
+    pre_futs = [client.submit(INV.compact, group, prehash_dir, nparts, f"c{gi:05d}",
+                              pure=False, key=f"compact-prehash-{gi}-{run_id}")
+                for gi, group in enumerate(_groups(pre_spools, 1_000_000))]
     from distributed import as_completed
 
     prog.stage("partition", unit="rows", total_files=stats["src_rows"] + stats["dst_rows"])
     for fut in as_completed(futs):
         prog.update(files=fut.result()["rows"])
+    client.gather(pre_futs)
     prog.end_stage()
     shutil.rmtree(spool, ignore_errors=True)
     if not inv_reused:
@@ -340,7 +405,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
             f"{reused_parts}/{nparts} partitions already reconciled")
 
     def submit_part(p):
-        return client.submit(_partition_job, ctx, p, topic, pure=False,
+        return client.submit(_partition_job, ctx, p, topic, prehash_dir, pure=False,
                              key=f"partition-{p}-{run_id}")
 
     def on_part(res):
@@ -375,6 +440,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                  "reconcile_s": round(t_rec - t_part, 3),
                  "total_s": round(time.monotonic() - t0, 3)},
     )
+    summary["inventory"].update(prehashed_files=pre["files"], prehashed_bytes=pre["bytes"])
     summary["incremental"] = {
         "previous_run": str(prev_dir) if prev_dir is not None else None,
         "note": prev_note, "carried": totals.get("carried", 0)}
@@ -434,16 +500,76 @@ def _spool_bytes(path: str | None) -> int:
     return int(total or 0)
 
 
-def _unit_job(ctx: R.Context, units: list, topic: str | None, part: int, i: int) -> dict:
+def _prehash_job(root: str, spool: str, start: int, count: int, out: str, max_size: int,
+                 stop_flag: str) -> dict:
+    """Hash the small regular files among ``count`` source rows of a walk spool.
+
+    Speculative work that only fills the time the destination listing takes: it
+    stops as soon as ``stop_flag`` exists.  The rows that may be HSM-released
+    (fewer blocks than bytes) are left alone, as is anything the match stage
+    will not hash (links, special files, unmappable names, listing errors).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from . import hsm
+    from . import schema as S
+
+    cols = ["key_bytes", "nkey", "kind", "size", "mtime_ns", "blocks", "error", "name_problem"]
+    rows = pq.read_table(spool, columns=cols).slice(start, count).to_pylist()
+    broot = os.fsencode(root)
+    keep = [r for r in rows
+            if r["kind"] == S.KIND_FILE and r["error"] is None and r["name_problem"] is None
+            and 0 <= r["size"] < max_size and not hsm.may_be_released(r["size"], r["blocks"])]
+    by_path = {broot + b"/" + r["key_bytes"]: r for r in keep}
+    done = D.prehash_files(((p, r["size"], r["mtime_ns"]) for p, r in by_path.items()),
+                           stop=lambda: os.path.exists(stop_flag))
+    if not done:
+        return {"side": "pre", "files": 0, "bytes": 0, "spool": None}
+    table = pa.table({
+        "nkey": [by_path[d[0]]["nkey"] for d in done],
+        "key_bytes": [by_path[d[0]]["key_bytes"] for d in done],
+        "size": pa.array([d[1] for d in done], pa.int64()),
+        "mtime_ns": pa.array([d[2] for d in done], pa.int64()),
+        "md5": pa.array([d[3] for d in done], pa.binary(16)),
+        "crc64nvme": pa.array([d[4] for d in done], pa.uint64()),
+    })
+    INV.write_atomic(table, out)
+    return {"side": "pre", "files": len(done), "bytes": sum(d[1] for d in done), "spool": out}
+
+
+@functools.lru_cache(maxsize=2)
+def _known_for(prehash_dir: str, root: str, part: int) -> dict:
+    """The prehashed digests of one partition, by absolute path (cached per process)."""
+    import pyarrow.parquet as pq
+
+    d = os.path.join(prehash_dir, f"part={part:05d}")
+    broot = os.fsencode(root)
+    known: dict = {}
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+        if not name.endswith(".parquet"):
+            continue
+        t = pq.read_table(os.path.join(d, name)).to_pydict()
+        for kb, size, mtime, md5, crc in zip(t["key_bytes"], t["size"], t["mtime_ns"],
+                                             t["md5"], t["crc64nvme"], strict=True):
+            known[broot + b"/" + kb] = (size, mtime, md5, crc)
+    return known
+
+
+def _unit_job(ctx: R.Context, units: list, topic: str | None, part: int, i: int,
+              prehash_dir: str | None = None) -> dict:
     """One digest unit; publishes its files and bytes for the driver's progress line."""
-    res = R.run_unit_checkpointed(ctx, units[0], part, i)
+    known = _known_for(prehash_dir, ctx.root, part) if prehash_dir else None
+    with D.known_digests(known):
+        res = R.run_unit_checkpointed(ctx, units[0], part, i)
     unit = units[0]
     PROG.unit_done(topic, files=sum(1 for r in unit.ranges if r.offset == 0),
                    nbytes=unit.nbytes)
     return res
 
 
-def _partition_job(ctx: R.Context, part: int, topic: str | None = None) -> dict:
+def _partition_job(ctx: R.Context, part: int, topic: str | None = None,
+                   prehash_dir: str | None = None) -> dict:
     """One partition end to end, fanning its digest units out to the whole cluster.
 
     The task secedes from its worker's thread pool while the units run, so
@@ -459,7 +585,7 @@ def _partition_job(ctx: R.Context, part: int, topic: str | None = None) -> dict:
         return R.finish_partition(ctx, plan)
     client = get_client()
     futs = [
-        client.submit(_unit_job, ctx, [u], topic, part, i, pure=False,
+        client.submit(_unit_job, ctx, [u], topic, part, i, prehash_dir, pure=False,
                       key=f"digest-p{part}-u{i}-{ctx.run_id}")
         for i, u in enumerate(units)
     ]
