@@ -14,6 +14,7 @@ system on an HPC cluster).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -473,6 +474,13 @@ def _groups(spools: list[tuple[str, int]], max_rows: int) -> list[list[str]]:
 
 
 def _list_job(target: S3Target, rel: str, depth: int, delimiter: bool, spool: str) -> dict:
+    # A listing mostly waits on the object store: leave the worker's thread pool so
+    # CPU work (the walk, prehashing small files) is not queued behind it.  The
+    # driver's window still bounds how many listings are in flight.
+    with contextlib.suppress(ValueError):  # not running as a Dask task
+        from distributed import secede
+
+        secede()
     res = INV.list_prefix(target, rel, delimiter, spool)
     res["side"] = "dst"
     res["bytes"] = _spool_bytes(res.get("spool"))
