@@ -9,6 +9,7 @@
 # Verify a POSIX/Lustre tree against S3 inside one SLURM allocation.
 #
 #   sbatch slurm/verify.sh jobs/<job>.yaml
+#   sbatch slurm/verify.sh --job jobs/<job>.yaml [options that override the job file]
 #   sbatch slurm/verify.sh SOURCE DEST --out RUN_DIR [wiseverify verify options]
 #
 # Every #SBATCH default above can be overridden on the command line, e.g. for

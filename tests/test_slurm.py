@@ -7,6 +7,7 @@ these tests instead of skipping them, so a broken setup is never green.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import shutil
@@ -143,11 +144,13 @@ def test_sbatch_job_file_matches_local_run(fixture_tree, s3, local_table, tmp_pa
     job.write_text(yaml.safe_dump({
         "source": str(root), "dest": dest, "out_root": str(runs), "endpoint_url": s3.url,
         "mode": "stored", "metadata": "auto",
+        "slurm": {"dashboard-port": 0},  # the job file's cluster settings apply
     }))
     rc, job_id, text, elapsed = _sbatch([str(job)], tmp_path, _job_env(WISEVERIFY_RUN_STAMP=""))
     print(f"sbatch --wait (job file): {elapsed:.1f} s")
     assert rc == 1, text  # the fixture holds discrepancies: the job's exit code says so
     _assert_readable_output(text, job_id)
+    assert "/status, waiting for 1 worker(s)" in text and ":8787/status" not in text
     # a new dated run directory under out_root, named with the job id
     (run,) = list(runs.iterdir())
     assert run.name.endswith(f"-job{job_id}") and run.name[:8].isdigit()
@@ -185,7 +188,7 @@ def test_sbatch_usage_errors_exit_2(tmp_path):
     need_slurm()
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: /nonexistent\ndest: s3://b/p/\nout: /tmp/x\nworkrs: 3\n")
-    rc, job_id, text, _ = _sbatch([str(bad)], tmp_path, _job_env())
+    rc, job_id, text, _ = _sbatch(["--job", str(bad), "--full"], tmp_path, _job_env())
     assert rc == 2, text
     assert "unknown setting 'workrs'" in text
     assert "Traceback" not in text
@@ -394,6 +397,30 @@ def test_job_file_maps_to_verify_arguments(tmp_path, monkeypatch):
         "--endpoint-url", "http://127.0.0.1:9", "--mode", "readback", "--partitions", "8",
         "--head-min-size", "8MiB", "--quiet",
     ]
+
+
+def test_runner_arguments_from_a_job_file(tmp_path, monkeypatch):
+    """``verify.sh --job FILE [flags]``: the job's arguments, then the flags that override them."""
+    import dask
+
+    from wiseverify.slurm import _resolve_verify_args, settings
+
+    job = tmp_path / "j.yaml"
+    job.write_text("source: /lustre/p\ndest: s3://b/p/\nout: /runs/a\nmode: stored\n"
+                   "slurm: {cluster: {max_jobs: 9}}\n")
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        args, overrides = _resolve_verify_args(["--job", str(job), "--mode", "readback"])
+        assert args == ["/lustre/p", "s3://b/p/", "--out", "/runs/a", "--mode", "stored",
+                        "--mode", "readback"]
+        assert overrides == {"cluster": {"max_jobs": 9}}
+        assert settings()["cluster"]["max-jobs"] == 9  # applied to this process's config
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+    assert settings()["cluster"]["max-jobs"] == 4
+    assert _resolve_verify_args(["/src", "s3://b/", "--out", "/r"]) == (
+        ["/src", "s3://b/", "--out", "/r"], {})
 
 
 @pytest.mark.parametrize("body, needle", [

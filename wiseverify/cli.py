@@ -274,6 +274,9 @@ def _expand_job(argv: list[str]) -> list[str]:
         raise JobFileError("--job needs a job file path")
     rest = argv[1:i] + argv[i + 2 :]
     job = load_job(argv[i + 1])
+    from .slurm import apply_job_config
+
+    apply_job_config(job)  # its slurm: and dask: sections size --cluster slurm
     return ["verify", *verify_argv(job), *rest]
 
 

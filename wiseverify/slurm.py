@@ -96,10 +96,18 @@ def settings(overrides: dict | None = None) -> dict:
 
 
 def apply_job_config(job: dict) -> dict:
-    """Apply a job file's ``dask:`` section to this process; returns its ``slurm:`` overrides."""
+    """Apply a job file's ``dask:`` and ``slurm:`` sections to this process's dask config.
+
+    Done in the process that creates the scheduler and submits the jobs (the
+    driver, or every rank of an allocation), so a job file sizes its own cluster.
+    Returns the ``slurm:`` overrides.
+    """
     if job.get("dask"):
         dask.config.set(dict(job["dask"]))
-    return dict(job.get("slurm") or {})
+    overrides = dict(job.get("slurm") or {})
+    if overrides:
+        dask.config.set({"wiseverify.slurm": settings(overrides)})
+    return overrides
 
 
 # --- addresses -----------------------------------------------------------------------------
@@ -283,14 +291,23 @@ def task_memory() -> int | None:
 
 
 def _resolve_verify_args(argv: list[str]) -> tuple[list[str], dict]:
-    """``JOB.yaml`` or ``SOURCE DEST --out RUN_DIR [options]`` to verify arguments."""
-    from .jobfile import load_job, verify_argv
+    """``JOB.yaml``, ``--job JOB.yaml [flags]`` or ``SOURCE DEST --out RUN_DIR [flags]``.
+
+    Returns the ``wiseverify verify`` arguments (flags after a job file
+    override it, as on the command line) and the job's ``slurm:`` overrides.
+    """
+    from .jobfile import JobFileError, load_job, verify_argv
 
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        job = load_job(argv[0])
-        overrides = apply_job_config(job)
-        return verify_argv(job), overrides
-    return list(argv), {}
+        argv = ["--job", argv[0]]
+    if "--job" not in argv:
+        return list(argv), {}
+    i = argv.index("--job")
+    if i + 1 >= len(argv):
+        raise JobFileError("--job needs a job file path")
+    job = load_job(argv[i + 1])
+    overrides = apply_job_config(job)
+    return [*verify_argv(job), *argv[:i], *argv[i + 2:]], overrides
 
 
 def _runner_class():
@@ -355,9 +372,13 @@ def run_in_allocation(argv: list[str]) -> int:
     if ntasks < 3:
         return fail(f"{ntasks} task(s): need at least 3 (scheduler, driver, one worker); "
                     "use sbatch --ntasks=N with N >= 3") if rank == 1 else EXIT_CONFIG
+    run_path = ns.out or getattr(ns, "resume", None)
+    if not run_path:
+        return fail("give the run directory: --out RUN_DIR (or out/out_root in the job "
+                    "file), or --resume RUN_DIR") if rank == 1 else EXIT_CONFIG
     cfg = settings(overrides)
     rcfg = cfg["runner"]
-    run_dir = Path(ns.out).absolute()
+    run_dir = Path(run_path).absolute()
     sched_file = Path(os.path.expanduser(
         str(rcfg["scheduler-file"]).format(run_dir=run_dir, job_id=job_id)))
     tls_dir: Path | None = None
@@ -400,12 +421,15 @@ def run_in_allocation(argv: list[str]) -> int:
                             f"{rcfg.get('worker-timeout')} s", EXIT_FAIL)
             rc = cli_main(["verify", *verify_args, "--scheduler", str(sched_file)])
             # workers first, so their own clients close instead of retrying a
-            # scheduler that is gone, and the scheduler sees them leave
+            # scheduler that is gone; the scheduler forgets a retired worker
+            # before the worker has closed its connection, so give the
+            # connections a moment rather than cut them (an alarming traceback)
             with contextlib.suppress(Exception):
                 client.retire_workers(close_workers=True)
                 deadline = time.monotonic() + 15
                 while client.scheduler_info()["workers"] and time.monotonic() < deadline:
                     time.sleep(0.1)
+                time.sleep(1.0)
         stopped = True
     except Exception as exc:
         from .cluster import ClusterError
@@ -654,6 +678,7 @@ def _pending_reasons(cluster) -> str:
 
 USAGE = """\
 usage: python -m wiseverify.slurm JOB.yaml
+       python -m wiseverify.slurm --job JOB.yaml [wiseverify verify options]
        python -m wiseverify.slurm SOURCE DEST --out RUN_DIR [wiseverify verify options]
        python -m wiseverify.slurm address
 
