@@ -257,3 +257,21 @@ def test_embedded_cluster_binds_to_loopback():
             assert addr.startswith("tcp://127.0.0.1:")
         link = client.dashboard_link
         assert "127.0.0.1" in link
+
+
+def test_max_open_files_is_honoured(s3, bucket, run_verify, tmp_path):
+    """A cluster of 4 threads with --max-open-files 1 never reads two source files at once."""
+    root = tmp_path / "src"
+    root.mkdir()
+    c = s3.client()
+    for i in range(600):
+        data = os.urandom(2000 + i)
+        (root / f"f{i:03d}").write_bytes(data)
+        c.put_object(Bucket=bucket, Key=f"m/f{i:03d}", Body=data)
+    for cap in (1, 2):
+        summary, table = run_verify(root, f"s3://{bucket}/m", mode="readback", full=True,
+                                    max_open_files=cap)
+        units = summary["digest_units"]
+        assert units["units"] >= 6  # enough units that 4 threads would overlap them
+        assert 1 <= units["max_concurrent"] <= cap
+        assert summary["counts"][S.MATCH] == 600

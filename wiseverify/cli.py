@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hash partitions (default: one per 250,000 keys)")
     v.add_argument("--max-metadata-ops", type=float, metavar="PER_SEC",
                    help="cap on source lstat/readdir calls per second across the cluster")
+    v.add_argument("--max-open-files", type=int, metavar="N",
+                   help="cap on source files open at once across the cluster (digest units "
+                   "reading at once; a Dask semaphore)")
     v.add_argument("--unit-bytes", type=_size, default=256 << 20, metavar="SIZE",
                    help="bytes per digest work unit (default 256MiB; small partitions use "
                    "smaller units so every thread gets work)")
@@ -169,7 +172,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             profile=args.profile, region=args.region, mode=args.mode, metadata=args.metadata,
             partitions=args.partitions, max_metadata_ops=args.max_metadata_ops,
             head_min_size=args.head_min_size, previous_run=args.previous_run, full=args.full,
-            unit_bytes=args.unit_bytes,
+            unit_bytes=args.unit_bytes, max_open_files=args.max_open_files,
         )
     from .progress import Progress
 

@@ -67,6 +67,7 @@ class VerifyConfig:
     rows_per_partition: int = 250_000
     walk_budget: int = 50_000
     max_metadata_ops: float | None = None
+    max_open_files: int | None = None  # source files open at once, across the cluster
     fanout_depth: int = 2
     head_min_size: int = 4 << 20
     unit_bytes: int = 256 << 20
@@ -256,7 +257,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     # CRC64NVME of every pass) do not depend on the listing.  Only when nothing is
     # carried from a previous run, in stored mode, and never past the listing's end.
     use_prehash = (cfg.prehash and cfg.mode == "stored" and prev_dir is None
-                   and not cfg.resume)
+                   and not cfg.resume and not cfg.max_open_files)
     speculative: list[tuple] = []
     pre_spools: list[tuple[str, int]] = []
     pre = {"files": 0, "bytes": 0}
@@ -391,7 +392,8 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         head_concurrency=cfg.head_concurrency, get_concurrency=cfg.get_concurrency,
     )
     ctx = replace(ctx, min_units=4 * nthreads,
-                  previous_run=str(prev_dir) if prev_dir is not None else None)
+                  previous_run=str(prev_dir) if prev_dir is not None else None,
+                  max_open_files=cfg.max_open_files)
     totals = REP.empty_totals()
     pending_parts = []
     reused_parts = 0
@@ -409,7 +411,10 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         return client.submit(_partition_job, ctx, p, topic, prehash_dir, pure=False,
                              key=f"partition-{p}-{run_id}")
 
+    open_intervals: list[tuple[float, float]] = []
+
     def on_part(res):
+        open_intervals.extend(res.pop("open_intervals", ()))
         REP.add_totals(totals, res)
         done = totals["partitions"]
         prog.update(note=f"{done}/{nparts} partitions, {totals['rows']:,} keys reconciled")
@@ -442,6 +447,11 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                  "total_s": round(time.monotonic() - t0, 3)},
     )
     summary["inventory"].update(prehashed_files=pre["files"], prehashed_bytes=pre["bytes"])
+    summary["digest_units"] = {
+        "units": totals.get("units", 0),
+        "max_concurrent": R.max_overlap(open_intervals),
+        "max_open_files": cfg.max_open_files,
+    }
     summary["incremental"] = {
         "previous_run": str(prev_dir) if prev_dir is not None else None,
         "note": prev_note, "carried": totals.get("carried", 0)}

@@ -10,12 +10,15 @@ anywhere in the cluster.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import pickle
 import shutil
+import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,7 @@ class Context:
     get_concurrency: int = 16
     min_units: int = 8  # split small partitions into at least this many units
     previous_run: str | None = None  # reuse unchanged evidence of this run (incremental)
+    max_open_files: int | None = None  # cluster-wide cap on source files open at once
 
     @property
     def src_inv(self) -> str:
@@ -144,6 +148,35 @@ def unit_fingerprint(unit: D.Unit) -> str:
     return h.hexdigest()[:24]
 
 
+@contextlib.contextmanager
+def open_files_lease(ctx: Context) -> Iterator[None]:
+    """Hold one of ``max_open_files`` cluster-wide leases while a unit reads the source.
+
+    A unit has at most one source file open at a time, so capping the units that
+    read at once caps the open files (and the OST/MDS load) across the cluster.
+    The lease lives on the Dask scheduler (``distributed.Semaphore``).
+    """
+    if not ctx.max_open_files:
+        yield
+        return
+    from distributed import Semaphore
+
+    sem = Semaphore(max_leases=ctx.max_open_files, name=f"wiseverify-open-{ctx.run_id}")
+    with sem:
+        yield
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """Most intervals open at the same instant (a sweep over start/end events)."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals],
+                    key=lambda e: (e[0], e[1]))
+    cur = best = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
 def checkpoint_dir(ctx: Context, part: int) -> Path:
     return Path(ctx.run_dir) / "digest" / f"p{part:05d}"
 
@@ -163,7 +196,10 @@ def run_unit_checkpointed(ctx: Context, unit: D.Unit, part: int, i: int) -> dict
         except Exception:  # a damaged checkpoint is recomputed
             path.unlink(missing_ok=True)
     target = ctx.target if ctx.mode == "readback" else None
-    res = D.run_unit(unit, target, ctx.get_concurrency)
+    with open_files_lease(ctx):
+        t0 = time.time()
+        res = D.run_unit(unit, target, ctx.get_concurrency)
+        res["open_interval"] = (t0, time.time())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_bytes(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
@@ -326,6 +362,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
         "carried": len(plan.get("carried", {})),
         "units": len(unit_results),
         "units_reused": sum(1 for r in unit_results if r.get("reused")),
+        "open_intervals": [r["open_interval"] for r in unit_results if r.get("open_interval")],
     }
 
 
