@@ -163,17 +163,21 @@ def test_sbatch_job_file_matches_local_run(fixture_tree, s3, local_table, tmp_pa
 
 
 @pytest.mark.slurm
-def test_sbatch_arguments_with_tls(fixture_tree, s3, local_table, tmp_path):
-    """``sbatch slurm/verify.sh SOURCE DEST --out RUN_DIR`` over TLS between all ranks."""
+def test_sbatch_job_file_with_tls_and_overrides(fixture_tree, s3, local_table, tmp_path):
+    """``sbatch slurm/verify.sh --job FILE --out RUN_DIR``: a job file asking for TLS."""
     need_slurm()
     root, dest, expect = fixture_tree
     out = tmp_path / "run"
     tls_dir = tmp_path / "tls"
-    env = _job_env(DASK_WISEVERIFY__SLURM__TLS="true",
-                   DASK_WISEVERIFY__SLURM__TLS_DIRECTORY=str(tls_dir))
-    rc, job_id, text, elapsed = _sbatch(
-        [str(root), dest, "--out", str(out), "--endpoint-url", s3.url], tmp_path, env)
-    print(f"sbatch --wait (arguments, TLS): {elapsed:.1f} s")
+    job = tmp_path / "tls.yaml"
+    job.write_text(yaml.safe_dump({
+        "source": str(root), "dest": dest, "out": str(tmp_path / "not-this-one"),
+        "endpoint_url": s3.url, "slurm": {"tls": True, "tls_directory": str(tls_dir)},
+    }))
+    rc, job_id, text, elapsed = _sbatch(["--job", str(job), "--out", str(out)], tmp_path,
+                                        _job_env())
+    print(f"sbatch --wait (--job, TLS): {elapsed:.1f} s")
+    assert not (tmp_path / "not-this-one").exists()  # the flag overrode the file
     assert rc == 1, text
     _assert_readable_output(text, job_id)
     assert "scheduler tls://" in text
@@ -184,13 +188,21 @@ def test_sbatch_arguments_with_tls(fixture_tree, s3, local_table, tmp_path):
 
 
 @pytest.mark.slurm
-def test_sbatch_usage_errors_exit_2(tmp_path):
+def test_sbatch_usage_errors_exit_2(fixture_tree, tmp_path):
+    """Mistakes are reported once, by the driver task, with exit code 2."""
     need_slurm()
+    root, dest, _ = fixture_tree
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: /nonexistent\ndest: s3://b/p/\nout: /tmp/x\nworkrs: 3\n")
-    rc, job_id, text, _ = _sbatch(["--job", str(bad), "--full"], tmp_path, _job_env())
+    rc, job_id, text, _ = _sbatch([str(bad)], tmp_path, _job_env())
     assert rc == 2, text
-    assert "unknown setting 'workrs'" in text
+    assert text.count("unknown setting 'workrs'") == 1, text
+    assert "Traceback" not in text
+    # the arguments of `wiseverify verify`, with a wrong value
+    rc, job_id, text, _ = _sbatch([str(root), dest, "--out", str(tmp_path / "r"), "--mode",
+                                   "bogus"], tmp_path, _job_env())
+    assert rc == 2, text
+    assert text.count("invalid choice: 'bogus'") == 1, text
     assert "Traceback" not in text
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import getpass
+import io
 import logging
 import os
 import re
@@ -365,7 +366,12 @@ def run_in_allocation(argv: list[str]) -> int:
         verify_args, overrides = _resolve_verify_args(argv)
     except JobFileError as exc:
         return fail(str(exc)) if rank == 1 else EXIT_CONFIG
-    ns = build_parser().parse_args(["verify", *verify_args])
+    # every task parses the same arguments: only the driver reports a mistake
+    try:
+        with contextlib.redirect_stderr(sys.stderr if rank == 1 else io.StringIO()):
+            ns = build_parser().parse_args(["verify", *verify_args])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     if ns.scheduler or getattr(ns, "cluster", "local") != "local" or ns.workers:
         return fail("--scheduler, --cluster and --workers do not apply inside an allocation: "
                     "the allocation's tasks are the cluster") if rank == 1 else EXIT_CONFIG
