@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fixture: {fx.files:,} files, {fx.total_bytes / 1e9:.2f} GB "
                   f"(built in {fx.build_s:.1f} s)", flush=True)
             first_s, first = timed(_cmd(fx.root, s3, runs / "1-first", "--full"))
-            print(f"first run:  {first_s:6.2f} s, read {first['bytes_read_source']:,} B")
+            print(f"first run:  {first_s:6.2f} s, read {first['bytes_read_source']:,} B, "
+                  f"stages {first['timings']}")
             second_s, second = timed(_cmd(fx.root, s3, runs / "2-unchanged"))
             print(f"second run: {second_s:6.2f} s, read {second['bytes_read_source']:,} B, "
-                  f"carried {second['incremental']['carried']:,}")
+                  f"carried {second['incremental']['carried']:,}, stages {second['timings']}")
             # touch 1% of the files: new mtime, same bytes (a re-sync that rewrote them)
             files = sorted(p for p in fx.root.rglob("*") if p.is_file())
             touched = random.Random(1).sample(files, max(1, len(files) // 100))
