@@ -167,5 +167,6 @@ def run_demo(out: str, workers: int | None = None) -> int:
             print(f"demo: UNEXPECTED {k!r}: expected {want}, got {have}")
         return 1
     print(f"demo: all {len(expect)} keys have their expected status; outputs in {base / 'run'}"
-          " (reconciliation/, summary.json, combined.txt, discrepancies.csv)")
+          " (reconciliation/, summary.json, combined.txt, discrepancies.csv, report.html, "
+          "manifest.json)")
     return 0
