@@ -80,6 +80,7 @@ def test_flaky_endpoint_gives_the_same_table(fault_tree, clean_table, dask_clien
             else:
                 assert {k: r["status"] for k, r in table.items()} == {
                     k: r["status"] for k, r in clean_table.items()}
+    print(f"faults injected over {len(proxy.requests)} requests: {proxy.injected}")
     assert proxy.injected["error"] > 0 and proxy.injected["reset"] > 0
     assert proxy.mutating() == []
 

@@ -135,6 +135,8 @@ def test_hostile_tree_statuses_and_read_only(hostile, s3, dask_client, tmp_path)
             assert "+ ctl/new\\nline.txt\n" in combined
     # read-only on both sides
     methods = {m for m, _ in proxy.requests}
+    print(f"read-only: {len(proxy.requests)} requests checked, methods {sorted(methods)}; "
+          f"{len(expect)} hostile keys")
     assert methods <= {"GET", "HEAD"}, methods
     assert proxy.mutating() == []
     assert len(proxy.requests) > 20
