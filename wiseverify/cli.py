@@ -95,6 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--head-min-size", type=_size, default=4 << 20, metavar="SIZE",
                    help="single-part objects at least this big get a HEAD for a stored CRC "
                    "instead of an MD5 of the ETag (default 4MiB)")
+    ig = v.add_argument_group(
+        "ingest instead of listing",
+        "Read what a site already has instead of walking the source, listing the bucket or "
+        "HEADing objects. Local paths and s3:// URLs (same endpoint and credentials as DEST).")
+    ig.add_argument("--source-listing", metavar="FILE",
+                    help="source inventory from a listing instead of a walk; SOURCE is still the "
+                    "root its paths start with and where files are read. Make it with: lfs find "
+                    "SOURCE --printf '%%s %%T@ %%U %%G %%m %%y %%b %%p\\n' > FILE, or, NUL-"
+                    "separated so that names containing newlines stay intact, find SOURCE "
+                    "-printf '%%s %%T@ %%U %%G %%m %%y %%b %%p\\0' > FILE (the separator is "
+                    "detected)")
+    ig.add_argument("--listing-format", metavar="FMT",
+                    help="the -printf directives of --source-listing, single spaces, %%p last "
+                    "(default '%%s %%T@ %%U %%G %%m %%y %%b %%p'; %%C@ %%i %%n are also read)")
+    ig.add_argument("--dest-inventory", metavar="MANIFEST",
+                    help="destination objects from an S3 Inventory report (its manifest.json; "
+                    "CSV, Parquet or ORC) instead of ListObjectsV2")
+    ig.add_argument("--checksum-report", metavar="REPORT",
+                    help="content evidence from an S3 Batch Operations compute-checksum "
+                    "completion report (its manifest.json or one result CSV): the objects it "
+                    "covers need no HEAD and no GET")
     v.add_argument("--previous-run", metavar="RUN_DIR",
                    help="run whose manifest this run's audit manifest links to (default: the "
                    "newest earlier run under the same parent directory)")
@@ -173,6 +194,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             partitions=args.partitions, max_metadata_ops=args.max_metadata_ops,
             head_min_size=args.head_min_size, previous_run=args.previous_run, full=args.full,
             unit_bytes=args.unit_bytes, max_open_files=args.max_open_files,
+            source_listing=args.source_listing, listing_format=args.listing_format,
+            dest_inventory=args.dest_inventory, checksum_report=args.checksum_report,
         )
     from .progress import Progress
 

@@ -361,6 +361,17 @@ def _open_source(path: str) -> int:
     return os.open(path, flags)
 
 
+def _mtime_differs(actual_ns: int, listed_ns: int) -> bool:
+    """Whether a file changed since it was listed, judged by mtime.
+
+    A listed time of whole seconds may come from a listing of second resolution
+    (``lfs find --printf %T@``), so it is compared to the second.
+    """
+    if listed_ns % 1_000_000_000 == 0:
+        return actual_ns // 1_000_000_000 != listed_ns // 1_000_000_000
+    return actual_ns != listed_ns
+
+
 def hash_source_range(r: RangeTask) -> dict:
     """Hash one range of a source file; errors and changes since listing become ``error``."""
     known = _from_known(r)
@@ -380,7 +391,7 @@ def hash_source_range(r: RangeTask) -> dict:
         if not statmod.S_ISREG(st.st_mode):
             out["error"] = "no longer a regular file"
             return out
-        if st.st_size != item.size or st.st_mtime_ns != item.mtime_ns:
+        if st.st_size != item.size or _mtime_differs(st.st_mtime_ns, item.mtime_ns):
             out["error"] = (
                 f"changed since listing (size {item.size} -> {st.st_size}, "
                 f"mtime_ns {item.mtime_ns} -> {st.st_mtime_ns})"
@@ -398,7 +409,7 @@ def hash_source_range(r: RangeTask) -> dict:
             pos += n
         out["bytes"] = pos - r.offset
         st2 = os.fstat(fd)
-        if st2.st_size != item.size or st2.st_mtime_ns != item.mtime_ns:
+        if st2.st_size != item.size or _mtime_differs(st2.st_mtime_ns, item.mtime_ns):
             out["error"] = (
                 f"changed while hashing (size {item.size} -> {st2.st_size}, "
                 f"mtime_ns {item.mtime_ns} -> {st2.st_mtime_ns})"

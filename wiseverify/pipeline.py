@@ -35,6 +35,7 @@ from . import __version__
 from . import audit as AUD
 from . import carry as C
 from . import digest as D
+from . import ingest as INGEST
 from . import inventory as INV
 from . import progress as PROG
 from . import reconcile as R
@@ -80,6 +81,10 @@ class VerifyConfig:
     full: bool = False  # re-hash everything instead of reusing the previous run's evidence
     prehash: bool = True  # hash small source files while the destination is being listed
     resume: bool = False  # continue the interrupted run in ``out``
+    source_listing: str | None = None  # an lfs find / find -printf listing instead of the walk
+    listing_format: str | None = None  # its -printf directives (ingest.DEFAULT_LISTING_FORMAT)
+    dest_inventory: str | None = None  # an S3 Inventory manifest.json instead of ListObjectsV2
+    checksum_report: str | None = None  # a compute-checksum completion report as evidence
     extra: dict = field(default_factory=dict)
 
 
@@ -183,6 +188,10 @@ def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
         raise ConfigError(f"{cfg.out} already holds a run; choose a new --out directory")
     if cfg.previous_run and not (Path(cfg.previous_run) / AUD.MANIFEST).is_file():
         raise ConfigError(f"--previous-run {cfg.previous_run} holds no {AUD.MANIFEST}")
+    try:
+        INGEST.check(cfg, root, target)
+    except INGEST.IngestError as exc:
+        raise ConfigError(str(exc)) from None
     return root, target
 
 
@@ -245,12 +254,15 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
              "metadata_ops": 0}
     src_spools: list[tuple[str, int]] = []
     dst_spools: list[tuple[str, int]] = []
+    sum_spools: list[tuple[str, int]] = []  # --checksum-report entries
     list_errors: list[str] = []
     seq = iter(range(1 << 62))
     # ("dst", rel, depth, fan): fan = list one level with Delimiter='/' and hand the
     # common prefixes back; otherwise one recursive paginated listing of the prefix
     pending: list[tuple] = [] if inv_reused else [
         ("src", [b""]), ("dst", "", 0, cfg.fanout_depth > 0)]
+    if not inv_reused:  # a listing file, an S3 Inventory or a checksum report instead
+        pending = INGEST.replace_jobs(cfg, root, target, pending, stats)
     # Small source files are hashed while the destination is still being listed: the
     # listing waits on the object store, the walk is long done, and the digests the
     # planner will ask of a small single-part object (its ETag's MD5, plus the
@@ -268,6 +280,9 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
 
     def submit(job):
         n = next(seq)
+        if job[0] in INGEST.JOBS:
+            return INGEST.submit(client, job, str(spool / f"{job[0]}-{n:08d}"), root, target,
+                                 key=f"{job[0]}-{n}-{run_id}")
         if job[0] == "pre":
             _, path, start, count = job
             return client.submit(
@@ -288,6 +303,8 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         )
 
     def on_result(res):
+        if INGEST.tally(res, stats, src_spools, dst_spools, sum_spools):
+            return
         if res["side"] == "pre":
             pre["files"] += res["files"]
             pre["bytes"] += res["bytes"]
@@ -360,7 +377,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         # the previous run's layout: each partition then reads one previous file
         nparts = C.previous_partitions(prev_dir) or nparts
     futs = []
-    for side, spools in (("src", src_spools), ("dst", dst_spools)):
+    for side, spools in (("src", src_spools), ("dst", dst_spools), ("checksums", sum_spools)):
         out_dir = str(run_dir / "inventory" / side)
         for gi, group in enumerate(_groups(spools, 1_000_000)):
             futs.append(client.submit(INV.compact, group, out_dir, nparts, f"c{gi:05d}",
@@ -447,6 +464,8 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                  "total_s": round(time.monotonic() - t0, 3)},
     )
     summary["inventory"].update(prehashed_files=pre["files"], prehashed_bytes=pre["bytes"])
+    if stats.get("ingest"):
+        summary["ingest"] = stats["ingest"]
     summary["digest_units"] = {
         "units": totals.get("units", 0),
         "max_concurrent": R.max_overlap(open_intervals),

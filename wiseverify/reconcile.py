@@ -28,6 +28,7 @@ import pyarrow as pa
 from . import carry as C
 from . import digest as D
 from . import hsm
+from . import ingest as INGEST
 from . import schema as S
 from .evidence import Evidence, compare_posix_metadata, encryption_of, plan_evidence
 from .inventory import read_partition, write_atomic
@@ -84,6 +85,8 @@ def plan_partition(ctx: Context, part: int) -> dict:
         carried = C.carry_over(m, open_idx, prev)
     cand_idx = [i for i in m.index[m["status"].isna()].tolist() if i not in carried]
     cand_rows = [_row_dict(m, i) for i in cand_idx]
+    if ctx.mode == "stored":  # entries of a --checksum-report, read for this partition only
+        INGEST.attach_checksums(ctx.run_dir, part, cand_rows)
     evs = plan_evidence(cand_rows, ctx.target, ctx.mode, ctx.metadata, ctx.head_min_size,
                         ctx.head_concurrency)
     broot = os.fsencode(ctx.root)
@@ -226,7 +229,7 @@ def _computed(ev: Evidence, res: dict) -> tuple[str | None, list[str]]:
         return D.composite(a, res["parts"][a]), alts
     if a in D.CRC_FUNCS:
         return D.crc_b64(a, res["crc"][a]), []
-    if a in ("sha256", "sha1"):
+    if a in ("sha256", "sha1", "md5"):
         return base64.b64encode(res["hash"][a]).decode(), []
     return None, []
 
@@ -308,7 +311,8 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
             )
             if not same and alts:
                 out["verified_by"][i] = ev.kind
-            what = f"{ev.kind}: source {got} != destination {ev.expected}"
+            what = f"{ev.kind}: source {got} != destination {ev.expected}" + (
+                f" ({ev.note})" if ev.note else "")
             if not same and ev.kind == "etag-md5":
                 sse_check.append(i)
         if not same:
@@ -323,7 +327,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
                 detail[i] = "content equal; metadata differs: " + "; ".join(diffs)
                 continue
         status[i] = S.MATCH
-        detail[i] = None
+        detail[i] = ev.note  # None unless the evidence came from outside S3's own answers
 
     # an ETag that is not an MD5 (SSE-KMS, SSE-C) proves nothing either way
     if sse_check:

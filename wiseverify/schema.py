@@ -106,6 +106,24 @@ DEST_INVENTORY = pa.schema(
     ]
 )
 
+#: one row per entry of an S3 Batch Operations compute-checksum completion report
+#: (RUN_DIR/inventory/checksums/, partitioned like the inventories)
+CHECKSUM_REPORT = pa.schema(
+    [
+        ("key", pa.string()),  # relative to the destination prefix
+        ("nkey", pa.string()),
+        ("version_id", pa.string()),
+        ("algorithm", pa.string()),  # CRC64NVME, CRC32C, CRC32, SHA1, SHA256, MD5
+        ("checksum_type", pa.string()),  # FULL_OBJECT or COMPOSITE
+        ("checksum", pa.string()),  # base64, as S3 encodes checksums, without "-N"
+        ("checksum_parts", pa.int32()),  # N of a composite "value-N", else null
+        ("etag", pa.string()),  # the object's ETag when the job ran, without quotes
+        ("task_status", pa.string()),
+        ("error", pa.string()),  # why the entry holds no usable checksum, else null
+        ("report", pa.string()),  # the result file it came from
+    ]
+)
+
 #: the output contract: RUN_DIR/reconciliation/, one row per key
 RECONCILIATION = pa.schema(
     [
