@@ -18,6 +18,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 from urllib.parse import quote_plus, unquote, urlsplit
@@ -407,3 +408,51 @@ def test_checksum_report_replaces_heads(inventories, baseline, tree, dask_client
     assert ing["checksum_outside"] == 0
     objects = [k for k, r in baseline.items() if r["dst_size"] is not None]
     assert ing["checksum_entries"] == len(objects) - 2  # not in the job: space name, short.bin
+
+
+def test_inventory_orc(tree, s3, tmp_path):
+    """ORC inventories have the Parquet column names; a local manifest finds data/ beside it."""
+    import pyarrow.orc as orc
+
+    from wiseverify.s3 import S3Target
+
+    target = S3Target.parse(f"s3://{BUCKET}/{PREFIX}", endpoint_url=s3.url)
+    table = pq.read_table(io.BytesIO(_parquet(inventory_rows(s3))))
+    base = tmp_path / "inventory" / BUCKET / "daily-orc"
+    (base / "data").mkdir(parents=True)
+    orc.write_table(table, base / "data" / "part-0.orc")
+    (base / "2026-11-26T00-00Z").mkdir()
+    manifest = base / "2026-11-26T00-00Z" / "manifest.json"
+    manifest.write_text(json.dumps({"sourceBucket": BUCKET, "fileFormat": "ORC",
+                                    "fileSchema": "struct<bucket:string,key:string>",
+                                    "files": [{"key": "daily-orc/data/part-0.orc"}]}))
+    info, jobs = INGEST.inventory_plan(str(manifest), target)
+    res = INGEST.ingest_inventory_file(*jobs[0][1:], target, str(tmp_path / "spool"))
+    assert res["error"] is None
+    keys = set(pq.read_table(res["spools"][0][0]).column("key").to_pylist())
+    assert "big/multi.bin" in keys and "data/deleted.dat" not in keys
+    assert res["markers"] == 1 and res["ingest"]["inventory_not_current"] == 2
+
+
+def test_command_line_and_job_file(tree, s3, tmp_path):
+    """The options reach the run from the command line and from a job file alike."""
+    from wiseverify.jobfile import verify_argv
+
+    other = tmp_path / "other-tree"
+    other.mkdir()
+    (other / "f").write_bytes(b"x")
+    listing = find_listing(other, tmp_path / "other.lst", PRINTF, "\\0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wiseverify.cli", "verify", str(tree), f"s3://{BUCKET}/{PREFIX}",
+         "--out", str(tmp_path / "r"), "--endpoint-url", s3.url, "--source-listing", listing],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "not with the source" in proc.stderr and "Traceback" not in proc.stderr
+    argv = verify_argv({"source": str(tree), "dest": "s3://b/p", "out": "/r",
+                        "source_listing": "/l/tree.lst", "listing_format": PRINTF,
+                        "dest_inventory": "s3://inv/manifest.json",
+                        "checksum_report": "s3://rep/manifest.json"})
+    for flag, value in (("--source-listing", "/l/tree.lst"), ("--listing-format", PRINTF),
+                        ("--dest-inventory", "s3://inv/manifest.json"),
+                        ("--checksum-report", "s3://rep/manifest.json")):
+        assert argv[argv.index(flag) + 1] == value

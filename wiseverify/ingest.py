@@ -421,6 +421,7 @@ def parse_listing_range(listing: str, root: str, start: int, end: int, fmt: str 
 
 def listing_jobs(listing: str, fmt: str | None, chunk: int = LISTING_CHUNK) -> list[tuple]:
     """One parse job per ``chunk`` bytes of the listing (the driver reads nothing more)."""
+    listing = os.path.abspath(listing)  # workers may run elsewhere, in another directory
     size = os.path.getsize(listing)
     sep = detect_separator(listing)
     return [("lsrc", listing, s, min(s + chunk, size), fmt, sep)
@@ -627,7 +628,8 @@ def report_plan(report: str, target: S3Target) -> tuple[dict, list[tuple]]:
     """Jobs for a completion report: its manifest.json (every result file) or one CSV."""
     if not report.lower().endswith(".json"):
         _must_exist(report, target)
-        return {"checksum_report": report, "checksum_report_files": 1}, [("csum", report, None)]
+        url = report if report.startswith("s3://") else os.path.abspath(report)
+        return {"checksum_report": report, "checksum_report_files": 1}, [("csum", url, None)]
     doc = _read_json(report, target)
     if not str(doc.get("Format", "")).startswith("Report_CSV"):
         raise IngestError(f"{report}: Format {doc.get('Format')!r} is not a Batch Operations "
@@ -810,8 +812,10 @@ def replace_jobs(cfg, root: str, target: S3Target, jobs: list[tuple], stats: dic
     if getattr(cfg, "source_listing", None):
         out = [j for j in out if j[0] != "src"]
         out += listing_jobs(cfg.source_listing, cfg.listing_format)
+        st = os.stat(cfg.source_listing)
         info.update(source_listing=cfg.source_listing,
-                    listing_format=" ".join(parse_format(cfg.listing_format)))
+                    listing_format=" ".join(parse_format(cfg.listing_format)),
+                    listing_bytes=st.st_size, listing_mtime_ns=st.st_mtime_ns)
     if getattr(cfg, "dest_inventory", None):
         out = [j for j in out if j[0] != "dst"]
         inv, more = inventory_plan(cfg.dest_inventory, target)
