@@ -473,10 +473,12 @@ def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
     if target is not None:
         import asyncio
 
+        from .inventory import use_fast_timestamps
         from .s3 import gather_limited
 
         async def _all():
             client = await target.client()
+            use_fast_timestamps(target)  # every GET parses a Last-Modified header
             return await gather_limited(
                 unit.ranges,
                 lambda r: hash_object_range(client, target.bucket, r),
