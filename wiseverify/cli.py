@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     ig = v.add_argument_group(
         "ingest instead of listing",
         "Read what a site already has instead of walking the source, listing the bucket or "
-        "HEADing objects. Local paths and s3:// URLs (same endpoint and credentials as DEST).")
+        "HEADing objects. The S3 reports may be local paths or s3:// URLs (read with DEST's "
+        "endpoint and credentials); the listing must be readable by every worker.")
     ig.add_argument("--source-listing", metavar="FILE",
                     help="source inventory from a listing instead of a walk; SOURCE is still the "
                     "root its paths start with and where files are read. Make it with: lfs find "
