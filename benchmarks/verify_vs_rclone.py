@@ -69,6 +69,7 @@ class Fixture:
     crc_objects: int = 0
     etag_only_objects: int = 0
     multipart_objects: int = 0
+    directories: int = 0
     build_s: float = 0.0
 
 
@@ -101,7 +102,7 @@ def _small_sizes(rng: random.Random, n: int) -> list[int]:
 
 
 def build_fixture(root: Path, s3: LocalS3, n_files: int, n_multipart: int,
-                  threads: int, seed: int = 11) -> Fixture:
+                  threads: int, files_per_dir: int = 20, seed: int = 11) -> Fixture:
     """Write the source tree and upload it; returns what was built.
 
     Small files are slices of one random pool with a unique header (distinct
@@ -116,8 +117,10 @@ def build_fixture(root: Path, s3: LocalS3, n_files: int, n_multipart: int,
     fx = Fixture(root=root)
 
     small = []
+    ndirs = max(1, -(-n_files // files_per_dir))
     for i, size in enumerate(_small_sizes(rng, n_files)):
-        key = f"proj{i % 17:02d}/batch{(i // 17) % 60:03d}/file_{i:06d}.dat"
+        d = i % ndirs
+        key = f"proj{d % 17:02d}/batch{d // 17:03d}/file_{i:06d}.dat"
         off = rng.randrange(0, len(pool) - size) if size < len(pool) else 0
         small.append((key, size, off, i % 3 == 0))
     big = []
@@ -129,6 +132,7 @@ def build_fixture(root: Path, s3: LocalS3, n_files: int, n_multipart: int,
     dirs = {str(Path(k).parent) for k, *_ in small} | {str(Path(k).parent) for k, *_ in big}
     for d in dirs:
         (root / d).mkdir(parents=True, exist_ok=True)
+    fx.directories = len(dirs)
 
     def put_small(item):
         key, size, off, with_crc = item
@@ -204,6 +208,19 @@ class Run:
     total: int
     note: str = ""
     timings: dict = field(default_factory=dict)
+    endpoint_cpu_s: float = 0.0
+
+
+def _endpoint_cpu(s3: LocalS3) -> float:
+    """CPU seconds the local S3 endpoint has used so far: it is single-threaded Python,
+    so a tool's number of requests, not only its own work, sets its wall time."""
+    try:
+        import psutil
+
+        t = psutil.Process(s3.proc.pid).cpu_times()
+        return t.user + t.system
+    except Exception:
+        return 0.0
 
 
 def _load() -> str:
@@ -229,9 +246,11 @@ def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -
             "--endpoint-url", s3.url, "--mode", mode, *extra]
     env = dict(os.environ, **FAKE_CREDENTIALS)
     print(f"\n$ {' '.join(cmd)}   [{_load()}]", flush=True)
+    cpu0 = _endpoint_cpu(s3)
     t0 = time.monotonic()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
+    endpoint_cpu = _endpoint_cpu(s3) - cpu0
     for line in (p.stdout + p.stderr).splitlines():
         if line.startswith(("run ", "inventory:", "partitioned", "digest and", "content ",
                             "read:", "verdict", "wiseverify", "MATCH", "UNVERIFIED",
@@ -246,7 +265,9 @@ def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -
         f"{k} {v}" for k, v in s["counts"].items() if v)
     return Run("wiseverify", mode, wall, p.returncode, s["content_verified"], fx.files, note,
                dict(s.get("timings", {}), verified_by=s.get("verified_by"),
-                    requests=s.get("requests")))
+                    requests=s.get("requests"),
+                    prehashed=s.get("inventory", {}).get("prehashed_files")),
+               endpoint_cpu)
 
 
 def rclone_env(s3: LocalS3) -> dict:
@@ -286,9 +307,11 @@ def run_rclone(fx: Fixture, s3: LocalS3, download: bool, extra: list[str]) -> Ru
         cmd.append("--download")
     cmd += extra
     print(f"\n$ {' '.join(cmd)}   [{_load()}]", flush=True)
+    cpu0 = _endpoint_cpu(s3)
     t0 = time.monotonic()
     p = subprocess.run(cmd, env=rclone_env(s3), capture_output=True, text=True)
     wall = time.monotonic() - t0
+    endpoint_cpu = _endpoint_cpu(s3) - cpu0
     text = p.stdout + p.stderr
     counts = {}
     for name, rx in _RCLONE_COUNTS.items():
@@ -306,7 +329,7 @@ def run_rclone(fx: Fixture, s3: LocalS3, download: bool, extra: list[str]) -> Ru
         verified += counts["differences"]
     note = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
     return Run("rclone", "download" if download else "check", wall, p.returncode, verified,
-               fx.files, note, counts)
+               fx.files, note, counts, endpoint_cpu)
 
 
 # --- reporting ------------------------------------------------------------------------
@@ -327,9 +350,12 @@ def report(name: str, ours: list[Run], theirs: list[Run], target: float) -> str:
         stages = {k: v for k, v in o.timings.items() if k.endswith("_s")}
         print(f"    stages: {stages}")
         print(f"    evidence: {o.timings.get('verified_by')}  requests: "
-              f"{o.timings.get('requests')}")
+              f"{o.timings.get('requests')}  small files hashed during the listing: "
+              f"{o.timings.get('prehashed') or 0:,}")
+    print(f"    endpoint CPU {o.endpoint_cpu_s:.1f} s")
     print(f"  rclone {t.mode:13s} wall {t.wall_s:7.2f} s  content-verified "
           f"{t.verified:,}/{t.total:,}   ({t.note})")
+    print(f"    endpoint CPU {t.endpoint_cpu_s:.1f} s")
     if len(ours) > 1:
         print(f"  all walls: ours {[round(r.wall_s, 2) for r in ours]}, "
               f"rclone {[round(r.wall_s, 2) for r in theirs]}")
@@ -345,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the fixture and run dirs")
     ap.add_argument("--files", type=int, default=20_400, help="small files (default 20400)")
     ap.add_argument("--multipart", type=int, default=12, help="multipart objects (default 12)")
+    ap.add_argument("--files-per-dir", type=int, default=20,
+                    help="small files per directory (default 20; rclone check lists each "
+                         "directory with its own request)")
     ap.add_argument("--threads", type=int, default=16, help="upload threads (default 16)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each tool N times, alternating, and keep the fastest")
@@ -360,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     try:
         with LocalS3(log_path=str(base / "moto.log")) as s3:
-            fx = build_fixture(base / "source", s3, args.files, args.multipart, args.threads)
-            print(f"fixture: {fx.files:,} files, {fx.total_bytes / 1e9:.2f} GB "
+            fx = build_fixture(base / "source", s3, args.files, args.multipart, args.threads,
+                               args.files_per_dir)
+            print(f"fixture: {fx.files:,} files in {fx.directories:,} directories, "
+                  f"{fx.total_bytes / 1e9:.2f} GB "
                   f"({fx.crc_objects:,} small with CRC64NVME, {fx.etag_only_objects:,} small "
                   f"ETag-only, {fx.multipart_objects} multipart ETag-only) built and uploaded "
                   f"to {s3.url} in {fx.build_s:.1f} s", flush=True)
