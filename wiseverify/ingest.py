@@ -36,7 +36,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 import numpy as np
@@ -50,6 +50,11 @@ from .digest import Spec
 from .evidence import ALGO_COST, Evidence, _with_crc64
 from .inventory import write_atomic
 from .s3 import S3Target, strip_etag
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+    from .pipeline import VerifyConfig
 
 #: the -printf directives of a listing when --listing-format is not given
 DEFAULT_LISTING_FORMAT = "%s %T@ %U %G %m %y %b %p"
@@ -785,7 +790,7 @@ def report_evidence(row: dict) -> Evidence | None:
 # --- driver glue: what verify() calls ---------------------------------------------------------
 
 
-def check(cfg, root: str, target: S3Target) -> None:
+def check(cfg: VerifyConfig, root: str, target: S3Target) -> None:
     """Validate the ingest options before any task runs (IngestError -> exit code 2)."""
     if getattr(cfg, "source_listing", None):
         check_listing(cfg.source_listing, root, cfg.listing_format)
@@ -800,7 +805,8 @@ def check(cfg, root: str, target: S3Target) -> None:
         report_plan(cfg.checksum_report, target)
 
 
-def replace_jobs(cfg, root: str, target: S3Target, jobs: list[tuple], stats: dict) -> list[tuple]:
+def replace_jobs(cfg: VerifyConfig, root: str, target: S3Target, jobs: list[tuple],
+                 stats: dict) -> list[tuple]:
     """The inventory stage's first jobs, with ingest jobs in place of walk or listing.
 
     ``jobs`` are the usual ``("src", ...)`` walk and ``("dst", ...)`` listing jobs;
@@ -830,7 +836,8 @@ def replace_jobs(cfg, root: str, target: S3Target, jobs: list[tuple], stats: dic
     return out
 
 
-def submit(client, job: tuple, spool_base: str, root: str, target: S3Target, key: str):
+def submit(client: Client, job: tuple, spool_base: str, root: str, target: S3Target,
+           key: str) -> Future:
     """Submit one ingest job as a Dask task."""
     kind = job[0]
     if kind == "lsrc":
