@@ -41,6 +41,88 @@ def test_walk_splits_work_and_loses_nothing(tmp_path):
     assert len(seen) == len(set(seen)) == total
 
 
+def _walk_all(root, spool, first=(b"",), **kw):
+    """Run walk tasks the way the driver does until nothing is pending; returns rows, tasks."""
+    pending = [list(first)]
+    rows: list[dict] = []
+    tasks = []
+    while pending:
+        batch = pending.pop()
+        res = INV.walk_dirs(str(root), batch, str(spool / f"{len(tasks)}.parquet"), **kw)
+        tasks.append((batch, res))
+        if res["spool"]:
+            rows += pq.read_table(res["spool"]).to_pylist()
+        pending += INV.walk_batches(res["pending"], 4)
+    return rows, tasks
+
+
+def test_huge_directory_is_split_by_name_range(tmp_path):
+    """A directory over split_entries is listed once and its lstat calls shared by tasks."""
+    root = tmp_path / "t"
+    big = root / "big"
+    big.mkdir(parents=True)
+    for i in range(250):
+        (big / f"n{i:03d}").write_bytes(b"z" * (i % 5))
+    (root / "small").mkdir()
+    (root / "small" / "one").write_bytes(b"1")
+    rows, tasks = _walk_all(root, tmp_path / "spool", split_entries=60)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 251
+    range_tasks = [b for b, _ in tasks if isinstance(b[0], tuple)]
+    assert len(range_tasks) == 4  # 250 names: 60 walked by the lister, 4 ranges handed out
+    # a range task lists nothing and stats only its own names
+    for batch, res in tasks:
+        if isinstance(batch[0], tuple):
+            assert res["dirs"] == 0 and res["ops"] == res["count"] <= 60
+    listed = sum(res["dirs"] for _, res in tasks)
+    assert listed == 3  # root, big and small: each listed once
+    # three readdirs, one lstat per entry (big and small in the root, 250 + 1 below)
+    assert sum(res["ops"] for _, res in tasks) == 3 + 2 + 250 + 1
+
+
+def test_statx_and_portable_lstat_give_the_same_rows(tmp_path, monkeypatch):
+    root = tmp_path / "t"
+    _tree(root)
+    os.mkfifo(root / "fifo")
+    os.symlink("d0", root / "link")
+    os.link(root / "d0" / "f3", root / "hard")
+    (root / "caf\u00e9").write_bytes(b"nfc")
+    (root / os.fsdecode(b"bad\xff")).write_bytes(b"latin-1")
+    fast, _ = _walk_all(root, tmp_path / "s1")
+    monkeypatch.setattr(INV, "_STATX", None)
+    slow, _ = _walk_all(root, tmp_path / "s2")
+    assert sorted(fast, key=lambda r: r["key_bytes"]) == sorted(slow, key=lambda r: r["key_bytes"])
+    by_key = {r["key_bytes"]: r for r in slow}
+    st = os.lstat(root / "hard")
+    assert by_key[b"hard"]["ino"] == st.st_ino and by_key[b"hard"]["nlink"] == 2
+    assert by_key[b"hard"]["dev"] == st.st_dev and by_key[b"hard"]["mtime_ns"] == st.st_mtime_ns
+    assert by_key[b"bad\xff"]["key"] == "bad\\xff" and by_key[b"bad\xff"]["name_problem"]
+    assert by_key[b"fifo"]["kind"] == S.KIND_FIFO and by_key[b"link"]["kind"] == S.KIND_SYMLINK
+
+
+def test_threaded_walk_with_simulated_slow_server_loses_nothing(tmp_path):
+    """The slow-metadata-server hook and the lstat thread pool; the cap still counts every op."""
+    root = tmp_path / "t"
+    total = _tree(root)
+    rows, tasks = _walk_all(root, tmp_path / "spool", threads=4, stat_delay_us=200,
+                            metadata_ops_per_second=5000)
+    assert len(rows) == len({r["key"] for r in rows}) == total
+    assert all(res["threads"] == 4 for _, res in tasks)
+    dirs = 1 + 6 * 2  # root, d*, d*/deeper
+    assert sum(res["ops"] for _, res in tasks) == dirs + total + 6 * 2
+
+
+def test_auto_threads_start_when_lstat_waits(tmp_path, monkeypatch):
+    root = tmp_path / "t"
+    _tree(root, ndirs=2, nfiles=40)
+    monkeypatch.setenv(INV.STAT_DELAY_ENV, "300")  # the documented test hook
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "a.parquet"))
+    assert res["threads"] == INV.AUTO_WALK_THREADS
+    monkeypatch.delenv(INV.STAT_DELAY_ENV)
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "b.parquet"))
+    assert res["threads"] == 1
+
+
 def test_walk_never_opens_special_files(tmp_path):
     root = tmp_path / "t"
     root.mkdir()

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import os
 import stat as statmod
+import sys
 import threading
 import time
 import uuid
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from itertools import compress, repeat
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,12 +38,17 @@ from .s3 import S3Target, error_text, strip_etag
 # --- small helpers ------------------------------------------------------------
 
 
-def write_atomic(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write a Parquet file under a temp name and rename it, so readers never see half a file."""
+def write_atomic(table: pa.Table, path: str | os.PathLike,
+                 use_dictionary: bool | list[str] = True) -> None:
+    """Write a Parquet file under a temp name and rename it, so readers never see half a file.
+
+    ``use_dictionary`` may name the low-cardinality columns: dictionary-encoding
+    attempts on unique keys cost more than the rest of the write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", use_dictionary=use_dictionary)
     os.replace(tmp, path)
 
 
@@ -111,73 +118,513 @@ def _entry_row(rel: bytes, st: os.stat_result | None, prefix: str, error: str | 
 
 
 # --- source walk ----------------------------------------------------------------
+#
+# A walk task lists a directory once (open + getdents, counted as one metadata
+# operation) and stats every name relative to the open directory (no path
+# resolution per entry).  On Linux it calls statx(2) through ctypes straight
+# into one growing buffer of ``struct statx`` records, so the stat columns come
+# out as NumPy views without a Python object per entry; elsewhere (or when a
+# file system leaves out a field) os.lstat fills the same records.  Rows become
+# Arrow arrays once per task.  On a page-cached tree this keeps the walk's cost
+# per entry close to GNU find's.
+#
+# Against a real Lustre MDS each stat is a round trip of 0.1-2 ms and a single
+# thread would spend nearly all its time waiting.  A task therefore measures its
+# stat latency and, once calls are slow, spreads the names of the directories it
+# holds over a thread pool (ctypes and os.lstat release the GIL).
+# ``--max-metadata-ops`` stays a hard cap: every operation takes a token first.
+#
+# A huge directory (more names than ``split_entries``) is split by name range:
+# the task that lists it writes the sorted names beyond its own share to small
+# files next to its spool file and hands those ranges back to the driver, which
+# sends each to its own task.  Names are listed once; each name is stat'ed once.
+
+#: test hook, off by default: simulated metadata-server latency in microseconds,
+#: slept before every metadata operation of a walk (directory listing and stat),
+#: so the benchmark can show how the walk scales against a slow MDS on a local disk
+STAT_DELAY_ENV = "WISEVERIFY_SIM_STAT_DELAY_US"
+#: threads per walk task once its stat calls are seen to wait on the server
+AUTO_WALK_THREADS = 16
+#: mean stat time above which a task switches to threads: a page-cached stat
+#: costs 1-10 us of CPU, a metadata-server round trip 100 us or more
+SLOW_STAT_S = 50e-6
+#: entry budget of the first walk task (the one started at the root), so the
+#: rest of the tree reaches the other workers within milliseconds
+FIRST_BUDGET = 4_000
+#: names per stat batch handed to one thread of the pool (and per probe while a
+#: task has not yet decided between one thread and a pool)
+_STAT_CHUNK = 64
+
+_KINDS = (S.KIND_ERROR, S.KIND_FIFO, S.KIND_CHAR, S.KIND_ERROR, S.KIND_DIR, S.KIND_ERROR,
+          S.KIND_BLOCK, S.KIND_ERROR, S.KIND_FILE, S.KIND_ERROR, S.KIND_SYMLINK,
+          S.KIND_ERROR, S.KIND_SOCKET, S.KIND_ERROR, S.KIND_ERROR, S.KIND_ERROR)  # by S_IFMT >> 12
+_DICT_COLUMNS = ["kind", "dev", "uid", "gid", "mode", "nlink"]  # few distinct values
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(
+    os, "O_CLOEXEC", 0)
+_NOATIME = getattr(os, "O_NOATIME", 0)
+#: True when str names round-trip to the file system's bytes through UTF-8
+_UTF8_FS = sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
+
+#: ``struct statx`` (Linux uapi, the same layout on every architecture)
+_STATX_DTYPE = [
+    ("mask", "=u4"), ("blksize", "=u4"), ("attributes", "=u8"), ("nlink", "=u4"),
+    ("uid", "=u4"), ("gid", "=u4"), ("mode", "=u2"), ("_spare0", "=u2"), ("ino", "=u8"),
+    ("size", "=u8"), ("blocks", "=u8"), ("attributes_mask", "=u8"),
+    ("atime_s", "=i8"), ("atime_ns", "=u4"), ("_r1", "=i4"),
+    ("btime_s", "=i8"), ("btime_ns", "=u4"), ("_r2", "=i4"),
+    ("ctime_s", "=i8"), ("ctime_ns", "=u4"), ("_r3", "=i4"),
+    ("mtime_s", "=i8"), ("mtime_ns", "=u4"), ("_r4", "=i4"),
+    ("rdev_major", "=u4"), ("rdev_minor", "=u4"), ("dev_major", "=u4"), ("dev_minor", "=u4"),
+    ("_rest", "V112"),
+]
+_REC = 256
+#: STATX_TYPE|MODE|NLINK|UID|GID|MTIME|CTIME|INO|SIZE|BLOCKS: what a row needs
+_STATX_NEED = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400
+_AT_FLAGS = 0x100 | 0x800  # AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT: exactly lstat
+
+
+def _load_statx():
+    """libc's statx through ctypes, or None (not Linux, glibc < 2.28, kernel < 4.11)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        # errno is not kept: a failed call is repeated with os.lstat for its error text
+        fn = ctypes.CDLL(None).statx
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint,
+                       ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+        import numpy as np
+
+        probe = np.zeros(_REC + 2, np.uint8)
+        name = probe[_REC:]
+        name[0] = ord("/")
+        if fn(-100, name.ctypes.data, _AT_FLAGS, _STATX_NEED, probe.ctypes.data) != 0:
+            return None  # ENOSYS under an old kernel or a seccomp filter (-100: AT_FDCWD)
+        return fn
+    except (AttributeError, OSError):
+        return None
+
+
+_STATX = _load_statx()
+
+
+def _open_dir(path: bytes) -> int:
+    """Open a directory without following a symlink swapped in for it; no atime if allowed."""
+    if _NOATIME:
+        try:
+            return os.open(path, _DIR_FLAGS | _NOATIME)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership or CAP_FOWNER
+    return os.open(path, _DIR_FLAGS)
+
+
+class _Walk:
+    """Columns of one walk task, and the metadata calls that fill them."""
+
+    def __init__(self, root: str, prefix: str, ops_per_second: float | None,
+                 threads: int | None, delay_us: float | None):
+        import numpy as np
+
+        self.np = np
+        self.dtype = np.dtype(_STATX_DTYPE)
+        self.broot = os.fsencode(root)
+        self.prefix = prefix
+        self.limiter = RateLimiter(ops_per_second) if ops_per_second else None
+        if delay_us is None:
+            delay_us = float(os.environ.get(STAT_DELAY_ENV) or 0)
+        self.delay = delay_us / 1e6
+        self.statx = _STATX
+        self.auto = threads is None
+        self.decided = not self.auto
+        self.threads = 1 if threads is None else max(1, threads)
+        self.pool = None
+        self.buf = np.zeros(0, np.uint8)  # struct statx records, one per name
+        self.used = 0  # records filled
+        self.rels: list[str] = []  # per directory (or name range): its relative path
+        self.names: list[list[str]] = []  # ... its names, in record order
+        self.bad: list[int] = []  # records whose stat failed (an error row instead)
+        self.extra: list[dict] = []  # error rows, built one by one
+        self.count = 0  # entries seen
+        self.ops = 0
+        self.dirs = 0
+        self.stat_s = 0.0
+        self.stat_n = 0
+
+    # --- metadata calls -----------------------------------------------------------
+    def _op(self) -> None:
+        """Before every metadata operation: the rate cap, then the test hook's latency."""
+        if self.limiter is not None:
+            self.limiter.acquire()
+        if self.delay:
+            time.sleep(self.delay)
+
+    def _stat_into(self, fd: int, names: list[str], first: int) -> list[tuple[int, str]]:
+        """Stat ``names`` in directory ``fd`` into records ``first...``; returns failures."""
+        fails: list[tuple[int, str]] = []
+        paced = self.limiter is not None or bool(self.delay)
+        recs = self.buf[first * _REC:(first + len(names)) * _REC].view(self.dtype)
+        retry: list[int] = list(range(len(names)))
+        if self.statx is not None and names:
+            np = self.np
+            # all names NUL-terminated in one buffer, so the calls need no conversion
+            blob = np.frombuffer(("\0".join(names) + "\0").encode("utf-8", "surrogateescape"),
+                                 np.uint8)
+            starts = np.empty(len(names), np.int64)
+            starts[0] = 0
+            starts[1:] = np.flatnonzero(blob == 0)[:-1] + 1
+            name_at = (starts + blob.ctypes.data).tolist()
+            rec_at = range(recs.ctypes.data, recs.ctypes.data + len(names) * _REC, _REC)
+            n = len(names)
+            if paced:
+                rcs = []
+                for na, ra in zip(name_at, rec_at, strict=True):
+                    self._op()
+                    rcs.append(self.statx(fd, na, _AT_FLAGS, _STATX_NEED, ra))
+            else:  # the hot loop of the walk: no Python bytecode per name
+                rcs = list(map(self.statx, repeat(fd, n), name_at, repeat(_AT_FLAGS, n),
+                               repeat(_STATX_NEED, n), rec_at))
+            retry = [i for i, rc in enumerate(rcs) if rc] if any(rcs) else []
+        got: list[tuple[int, os.stat_result]] = []
+        for i in retry:  # os.lstat: the portable path, and the error text of a failure
+            if paced and self.statx is None:
+                self._op()
+            try:
+                got.append((i, os.lstat(names[i], dir_fd=fd)))
+            except OSError as exc:
+                fails.append((first + i, f"lstat failed: {exc.strerror}"))
+        if got:
+            self._fill(recs, got)
+        return fails
+
+    @staticmethod
+    def _fill(recs, got: list[tuple[int, os.stat_result]]) -> None:
+        """statx records from os.lstat results (the portable path), a column at a time."""
+        ix = [i for i, _ in got]
+        sts = [st for _, st in got]
+        recs["mask"][ix] = _STATX_NEED
+        for col, attr in (("mode", "st_mode"), ("ino", "st_ino"), ("nlink", "st_nlink"),
+                          ("uid", "st_uid"), ("gid", "st_gid"), ("size", "st_size"),
+                          ("blocks", "st_blocks")):
+            recs[col][ix] = [getattr(st, attr, 0) for st in sts]
+        for t in ("mtime", "ctime"):
+            ns = [getattr(st, f"st_{t}_ns") for st in sts]
+            recs[f"{t}_s"][ix] = [v // 1_000_000_000 for v in ns]
+            recs[f"{t}_ns"][ix] = [v % 1_000_000_000 for v in ns]
+        recs["dev_major"][ix] = [os.major(st.st_dev) for st in sts]
+        recs["dev_minor"][ix] = [os.minor(st.st_dev) for st in sts]
+
+    def _list(self, rel: bytes) -> tuple[int, list[str]] | None:
+        """Open and read one directory (one metadata operation); None after an error row."""
+        self._op()
+        self.ops += 1
+        self.dirs += 1
+        path = self.broot + b"/" + rel if rel else self.broot
+        try:
+            fd = _open_dir(path)
+        except OSError as exc:
+            # an unlistable directory is a row, so nothing below it goes unnoticed
+            self.extra.append(_entry_row(rel + b"/", None, self.prefix,
+                                         f"cannot list directory: {exc.strerror}"))
+            return None
+        try:
+            return fd, os.listdir(fd)
+        except OSError as exc:
+            os.close(fd)
+            self.extra.append(_entry_row(rel + b"/", None, self.prefix,
+                                         f"directory listing failed: {exc.strerror}"))
+            return None
+
+    def _open_range(self, rel: bytes, names_file: str) -> tuple[int, list[str]] | None:
+        """A name range of a huge directory that another task listed."""
+        with open(names_file, "rb") as f:
+            names = f.read().decode("utf-8", "surrogateescape").split("\0")
+        path = self.broot + b"/" + rel if rel else self.broot
+        try:
+            return _open_dir(path), names
+        except OSError as exc:
+            self.extra.append(_entry_row(rel + b"/", None, self.prefix,
+                                         f"cannot list directory: {exc.strerror}"))
+            return None
+
+    def open_all(self, items: list) -> list[tuple[bytes, int, list[str]]]:
+        """List directories / open name ranges, in the pool when there is one."""
+        def one(item):
+            return self._open_range(*item) if isinstance(item, tuple) else self._list(item)
+
+        opened = list(self.pool.map(one, items)) if self.pool and len(items) > 1 \
+            else [one(i) for i in items]
+        return [((item[0] if isinstance(item, tuple) else item), *got)
+                for item, got in zip(items, opened, strict=True) if got is not None]
+
+    def start_threads(self, n: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.threads = n
+        self.decided = True
+        if n > 1 and self.pool is None:
+            self.pool = ThreadPoolExecutor(n, thread_name_prefix="walk-stat")
+
+    def _observe(self, n: int, seconds: float) -> None:
+        """Auto mode: the first calls of a task choose between one thread and a pool."""
+        self.stat_n += n
+        self.stat_s += seconds
+        if self.decided or self.stat_n < 8:
+            return
+        if self.stat_s / self.stat_n > SLOW_STAT_S:
+            self.start_threads(AUTO_WALK_THREADS)
+        elif self.stat_n >= 4 * _STAT_CHUNK:
+            self.decided = True  # served from cache: one thread is cheapest
+
+    def _stat_job(self, fd: int, names: list[str], first: int) -> list[tuple[int, str]]:
+        """Stat one directory's names: probing while undecided, then pooled or in line."""
+        if self.pool is None and self.decided:
+            return self._stat_into(fd, names, first)
+        fails: list[tuple[int, str]] = []
+        j = 0
+        while j < len(names) and self.pool is None:
+            t0 = time.perf_counter()
+            fails += self._stat_into(fd, names[j:j + _STAT_CHUNK], first + j)
+            self._observe(len(names[j:j + _STAT_CHUNK]), time.perf_counter() - t0)
+            j += _STAT_CHUNK
+        if j < len(names):
+            starts = range(j, len(names), _STAT_CHUNK)
+            for got in self.pool.map(
+                    lambda s: self._stat_into(fd, names[s:s + _STAT_CHUNK], first + s), starts):
+                fails += got
+        return fails
+
+    def _reserve(self, n: int) -> int:
+        """Room for ``n`` more records (only between rounds: threads write into it)."""
+        need = (self.used + n) * _REC
+        if need > len(self.buf):
+            grown = self.np.zeros(max(need, 2 * len(self.buf), 1024 * _REC), self.np.uint8)
+            grown[:len(self.buf)] = self.buf
+            self.buf = grown
+        first = self.used
+        self.used += n
+        return first
+
+    def stat_dirs(self, jobs: list[tuple[bytes, int, list[str]]]) -> list[list[bytes]]:
+        """Stat the names of each ``(rel, fd, names)``; returns each one's subdirectories."""
+        firsts = [self._reserve(len(names)) for _, _, names in jobs]
+        fails: list[tuple[int, str]] = []
+        try:
+            if self.pool is not None:
+                pieces = [(fd, names[j:j + _STAT_CHUNK], first + j)
+                          for (_, fd, names), first in zip(jobs, firsts, strict=True)
+                          for j in range(0, len(names), _STAT_CHUNK)]
+                for got in self.pool.map(lambda p: self._stat_into(*p), pieces):
+                    fails += got
+            else:
+                for (_, fd, names), first in zip(jobs, firsts, strict=True):
+                    fails += self._stat_job(fd, names, first)
+            if self.statx is not None:
+                fails += self._refill_partial(jobs, firsts, {i for i, _ in fails})
+        finally:
+            for _, fd, _ in jobs:
+                os.close(fd)
+        n = sum(len(names) for _, _, names in jobs)
+        self.ops += n
+        self.count += n
+        failed = dict(fails)
+        self.bad += failed
+        recs = self.buf[:self.used * _REC].view(self.dtype)
+        out = []
+        for (rel, _, names), first in zip(jobs, firsts, strict=True):
+            rel_s = os.fsdecode(rel)
+            self.rels.append(rel_s)
+            self.names.append(names)
+            for i, text in fails:
+                if first <= i < first + len(names):
+                    name = names[i - first]
+                    crel = os.fsencode(f"{rel_s}/{name}" if rel_s else name)
+                    self.extra.append(_entry_row(crel, None, self.prefix, text))
+            modes = recs["mode"][first:first + len(names)]
+            is_dir = self.np.flatnonzero((modes & 0o170000) == statmod.S_IFDIR).tolist()
+            sub = sorted(names[i] for i in is_dir if first + i not in failed)
+            out.append([os.fsencode(f"{rel_s}/{s}" if rel_s else s) for s in sub])
+        return out
+
+    def _refill_partial(self, jobs, firsts, failed: set[int]) -> list[tuple[int, str]]:
+        """Records a file system answered without every field: os.lstat them instead."""
+        recs = self.buf[:self.used * _REC].view(self.dtype)
+        lo = firsts[0] if firsts else 0
+        short = self.np.flatnonzero((recs["mask"][lo:] & _STATX_NEED) != _STATX_NEED) + lo
+        fails: list[tuple[int, str]] = []
+        for i in short.tolist():
+            if i in failed:
+                continue
+            for (_, fd, names), first in zip(jobs, firsts, strict=True):
+                if first <= i < first + len(names):
+                    try:
+                        self._fill(recs, [(i, os.lstat(names[i - first], dir_fd=fd))])
+                    except OSError as exc:
+                        fails.append((i, f"lstat failed: {exc.strerror}"))
+                    break
+        return fails
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def table(self) -> tuple[pa.Table, int]:
+        """The task's rows (directories themselves excluded) and their total size."""
+        import pyarrow.compute as pc
+
+        np = self.np
+        keys: list[str] = []
+        for rel_s, names in zip(self.rels, self.names, strict=True):
+            if rel_s:
+                p = rel_s + "/"
+                keys.extend([p + n for n in names])
+            else:
+                keys.extend(names)
+        recs = self.buf[:self.used * _REC].view(self.dtype)
+        keep = (recs["mode"] & 0o170000) != statmod.S_IFDIR
+        if self.bad:
+            keep[self.bad] = False
+        if not keep.all():
+            recs = recs[keep]
+            keys = list(compress(keys, keep.tolist()))
+        n = len(keys)
+        try:
+            if not _UTF8_FS:
+                raise UnicodeError
+            key = pa.array(keys, pa.string())
+            key_bytes = key.cast(pa.binary())
+            # every name is valid UTF-8: only the length can make it unmappable
+            plen = len(self.prefix.encode())
+            long_ix = np.flatnonzero(pc.binary_length(key_bytes).to_numpy() + plen
+                                     > K.MAX_KEY_BYTES)
+            if len(long_ix):
+                probs: list = [None] * n
+                for i in long_ix.tolist():
+                    probs[i] = K.name_problem(os.fsencode(keys[i]), self.prefix)
+                problem = pa.array(probs, pa.string())
+            else:
+                problem = pa.nulls(n, pa.string())
+        except UnicodeError:  # a name that is not UTF-8: the exact bytes, row by row
+            raw = [os.fsencode(k) for k in keys]
+            key = pa.array([K.display_key(b) for b in raw], pa.string())
+            key_bytes = pa.array(raw, pa.binary())
+            problem = pa.array([K.name_problem(b, self.prefix) for b in raw], pa.string())
+        ascii_ = pc.string_is_ascii(key)
+        if pc.all(ascii_).as_py() is False:
+            mask = pc.invert(ascii_)
+            repl = [K.nfc(s) for s in pc.filter(key, mask).to_pylist()]
+            nkey = pc.replace_with_mask(key, mask, pa.array(repl, pa.string()))
+        else:
+            nkey = key
+        mode = recs["mode"].astype(np.int64)
+        size = recs["size"].astype(np.int64)
+        major = recs["dev_major"].astype(np.uint64)
+        minor = recs["dev_minor"].astype(np.uint64)
+        dev = (((major & 0xFFF) << 8) | ((major & ~np.uint64(0xFFF)) << 32)  # glibc makedev
+               | (minor & 0xFF) | ((minor & ~np.uint64(0xFF)) << 12))
+        billion = np.int64(1_000_000_000)
+        arrays = {
+            "key": key, "key_bytes": key_bytes, "nkey": nkey,
+            "kind": pc.take(pa.array(_KINDS, pa.string()), pa.array(mode >> 12, pa.int8())),
+            "size": pa.array(size), "mode": pa.array(mode),
+            "mtime_ns": pa.array(recs["mtime_s"] * billion + recs["mtime_ns"]),
+            "ctime_ns": pa.array(recs["ctime_s"] * billion + recs["ctime_ns"]),
+            "ino": pa.array(recs["ino"]), "dev": pa.array(dev),
+            "nlink": pa.array(recs["nlink"].astype(np.int64)),
+            "uid": pa.array(recs["uid"].astype(np.int64)),
+            "gid": pa.array(recs["gid"].astype(np.int64)),
+            "blocks": pa.array(recs["blocks"].astype(np.int64)),
+            "name_problem": problem, "error": pa.nulls(n, pa.string()),
+        }
+        table = pa.table([arrays[f.name] for f in S.SOURCE_INVENTORY],
+                         schema=S.SOURCE_INVENTORY)
+        if self.extra:
+            table = pa.concat_tables([table, S.from_rows(self.extra, S.SOURCE_INVENTORY)])
+        return table, int(size.sum())
+
+
+def _spill_ranges(spool_path: str, rel: bytes, names: list[str], size: int) -> list[tuple]:
+    """Write name ranges of a huge directory next to the spool file: ``(rel, file)`` each."""
+    out = []
+    base = Path(spool_path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for j in range(0, len(names), size):
+        path = base.with_name(f"{base.stem}.names-{j // size:05d}-{uuid.uuid4().hex[:8]}")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes("\0".join(names[j:j + size]).encode("utf-8", "surrogateescape"))
+        os.replace(tmp, path)
+        out.append((rel, str(path)))
+    return out
 
 
 def walk_dirs(
     root: str,
-    rel_dirs: list[bytes],
+    rel_dirs: list,
     spool_path: str,
     prefix: str = "",
     budget: int = 50_000,
     metadata_ops_per_second: float | None = None,
+    threads: int | None = None,
+    split_entries: int | None = None,
+    stat_delay_us: float | None = None,
 ) -> dict:
     """Walk ``rel_dirs`` (relative to ``root``) with lstat only; spool the entries.
 
-    Returns ``{"count", "pending", "dirs", "ops"}``: ``pending`` are subdirectories
-    left for other tasks once ``budget`` entries have been seen.
+    Items of ``rel_dirs`` are directories (bytes, relative to ``root``) or name
+    ranges ``(rel_dir, names_file)`` of a huge directory that another task
+    listed.  Returns ``{"count", "pending", "dirs", "ops", "bytes", "spool",
+    "threads"}``: ``pending`` are the items left for other tasks once ``budget``
+    entries have been seen (directories, and name ranges when a directory has
+    more than ``split_entries`` names; default ``max(1000, budget // 4)``).
+
+    ``threads=None`` lets the task decide: one thread while lstat answers from
+    cache, :data:`AUTO_WALK_THREADS` once calls wait on a server.
+    ``stat_delay_us`` (default: the :data:`STAT_DELAY_ENV` variable) is the
+    slow-metadata-server test hook.
     """
-    limiter = RateLimiter(metadata_ops_per_second)
-    broot = os.fsencode(root)
+    split = split_entries or max(1000, budget // 4)
+    w = _Walk(root, prefix, metadata_ops_per_second, threads, stat_delay_us)
+    if w.threads > 1:
+        w.start_threads(w.threads)
     stack = list(reversed(rel_dirs))
-    rows: list[dict] = []
-    ndirs = 0
-    ops = 0
-    while stack and len(rows) < budget:
-        rel = stack.pop()
-        ndirs += 1
-        path = broot + b"/" + rel if rel else broot
-        limiter.acquire()
-        ops += 1
-        try:
-            it = os.scandir(path)
-        except OSError as exc:
-            # an unlistable directory is a row, so nothing below it goes unnoticed
-            drow = _entry_row(rel + b"/", None, prefix, f"cannot list directory: {exc.strerror}")
-            rows.append(drow)
-            continue
-        with it:
-            children: list[bytes] = []
-            while True:
-                try:
-                    entry = next(it)
-                except StopIteration:
-                    break
-                except OSError as exc:
-                    rows.append(
-                        _entry_row(rel + b"/", None, prefix,
-                                   f"directory listing failed: {exc.strerror}")
-                    )
-                    break
-                crel = rel + b"/" + entry.name if rel else entry.name
-                limiter.acquire()
-                ops += 1
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError as exc:
-                    rows.append(_entry_row(crel, None, prefix, f"lstat failed: {exc.strerror}"))
-                    continue
-                if statmod.S_ISDIR(st.st_mode):
-                    children.append(crel)
-                else:
-                    rows.append(_entry_row(crel, st, prefix, None))
-        # depth first, in name order, so task outputs are reproducible
-        stack.extend(sorted(children, reverse=True))
-    pending = list(reversed(stack))
-    table = S.from_rows(rows, S.SOURCE_INVENTORY)
+    ranges: list[tuple] = []
+    try:
+        while stack and w.count < budget and not ranges:
+            # one directory per round, or one per thread once there is a pool
+            batch = [stack.pop() for _ in range(min(len(stack), w.threads))]
+            jobs = []
+            for rel, fd, names in w.open_all(batch):
+                if len(names) > split:
+                    # list once, hand the other name ranges out, then return early
+                    names.sort()
+                    ranges += _spill_ranges(spool_path, rel, names[split:], split)
+                    names = names[:split]
+                jobs.append((rel, fd, names))
+            # depth first, in name order, so task outputs are reproducible
+            for sub in reversed(w.stat_dirs(jobs)):
+                stack.extend(reversed(sub))
+    finally:
+        w.close()
+    table, nbytes = w.table()
     if table.num_rows:
-        write_atomic(table, spool_path)
-    return {"count": table.num_rows, "pending": pending, "dirs": ndirs, "ops": ops,
+        write_atomic(table, spool_path, use_dictionary=_DICT_COLUMNS)
+    return {"count": table.num_rows, "pending": ranges + list(reversed(stack)),
+            "dirs": w.dirs, "ops": w.ops, "bytes": nbytes, "threads": w.threads,
             "spool": spool_path if table.num_rows else None}
+
+
+def walk_batches(pending: list, window: int) -> list[list]:
+    """Group a walk task's ``pending`` items into the next tasks' ``rel_dirs``.
+
+    Each name range of a huge directory is a task of its own (it holds up to
+    ``split_entries`` lstat calls); directories go in batches sized so that the
+    ``window`` tasks in flight share them.
+    """
+    ranges = [[p] for p in pending if isinstance(p, tuple)]
+    dirs = [p for p in pending if not isinstance(p, tuple)]
+    step = max(1, min(64, -(-len(dirs) // max(1, window))))
+    return ranges + [dirs[j:j + step] for j in range(0, len(dirs), step)]
 
 
 # --- destination listing -----------------------------------------------------------

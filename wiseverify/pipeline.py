@@ -291,11 +291,9 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                 key=f"prehash-{n}-{run_id}",
             )
         if job[0] == "src":
-            return client.submit(
-                _walk_job, root, job[1], str(spool / f"src-{n:08d}.parquet"),
-                target.prefix, cfg.walk_budget, ops_per_task, pure=False,
-                key=f"walk-{n}-{run_id}",
-            )
+            return submit_walk(client, root, job[1], str(spool / f"src-{n:08d}.parquet"),
+                               target.prefix, cfg.walk_budget, ops_per_task,
+                               key=f"walk-{n}-{run_id}")
         _, rel, depth, fan = job
         return client.submit(
             _list_job, target, rel, depth, fan,
@@ -321,10 +319,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                     for j in range(0, res["count"], PREHASH_ROWS):
                         speculative.append(("pre", res["spool"], j,
                                             min(PREHASH_ROWS, res["count"] - j)))
-            dirs = res["pending"]
-            step = max(1, min(64, math.ceil(len(dirs) / window)))
-            for j in range(0, len(dirs), step):
-                pending.append(("src", dirs[j : j + step]))
+            pending.extend(("src", batch) for batch in INV.walk_batches(res["pending"], window))
         else:
             if res.get("error"):
                 list_errors.append(res["error"])
@@ -522,8 +517,65 @@ def _list_job(target: S3Target, rel: str, depth: int, delimiter: bool, spool: st
 def _walk_job(*args, **kwargs) -> dict:
     res = INV.walk_dirs(*args, **kwargs)
     res["side"] = "src"
-    res["bytes"] = _spool_bytes(res.get("spool"))
+    if "bytes" not in res:
+        res["bytes"] = _spool_bytes(res.get("spool"))
     return res
+
+
+def submit_walk(client, root: str, rel_dirs: list, spool_file: str, prefix: str, budget: int,
+                ops_per_task: float | None, key: str, **walk_kwargs):
+    """Submit one source walk task (:func:`inventory.walk_dirs`) and return its future.
+
+    The task that starts at the root gets a small budget: it returns after a few
+    thousand entries with the rest of the tree as pending directories, so every
+    worker is walking within milliseconds instead of waiting for the first
+    ``budget`` entries.
+    """
+    if list(rel_dirs) == [b""]:
+        budget = min(budget, INV.FIRST_BUDGET)
+    return client.submit(_walk_job, root, rel_dirs, spool_file, prefix, budget, ops_per_task,
+                         pure=False, key=key, **walk_kwargs)
+
+
+def walk_source(client, root: str, spool_dir: str, prefix: str = "", budget: int = 50_000,
+                max_metadata_ops: float | None = None, window: int | None = None,
+                **walk_kwargs) -> dict:
+    """The source walk of :func:`verify` on its own: walk tasks over ``client``'s cluster.
+
+    Why it exists: the walk is the stage a Lustre MDS limits, and it must be
+    measurable and tunable without a destination.  It drives the same tasks
+    the same way (:func:`submit_walk`, :func:`inventory.walk_batches`, the
+    same window and per-task share of ``max_metadata_ops``) and returns the
+    counts and the spool files ``[(path, rows)]``.  ``walk_kwargs`` go to
+    :func:`inventory.walk_dirs` (``threads``, ``split_entries``, ``stat_delay_us``).
+    """
+    if window is None:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        window = max(2, 2 * (sum(w.get("nthreads", 1) for w in workers.values()) or 1))
+    ops_per_task = (max_metadata_ops / window) if max_metadata_ops else None
+    Path(spool_dir).mkdir(parents=True, exist_ok=True)
+    out: dict = {"count": 0, "dirs": 0, "ops": 0, "bytes": 0, "tasks": 0, "spools": [],
+                 "max_threads": 0}
+    pending: list[tuple] = [("src", [b""])]
+    seq = iter(range(1 << 62))
+    tag = uuid.uuid4().hex[:8]
+
+    def submit(job):
+        n = next(seq)
+        return submit_walk(client, root, job[1], os.path.join(spool_dir, f"src-{n:08d}.parquet"),
+                           prefix, budget, ops_per_task, key=f"walk-{n}-{tag}", **walk_kwargs)
+
+    def on_result(res):
+        for k in ("count", "dirs", "ops", "bytes"):
+            out[k] += res[k]
+        out["tasks"] += 1
+        out["max_threads"] = max(out["max_threads"], res.get("threads", 1))
+        if res["spool"]:
+            out["spools"].append((res["spool"], res["count"]))
+        pending.extend(("src", batch) for batch in INV.walk_batches(res["pending"], window))
+
+    _submit_windowed(client, pending, submit, window, on_result)
+    return out
 
 
 def _spool_bytes(path: str | None) -> int:
