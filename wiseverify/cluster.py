@@ -56,6 +56,24 @@ def _fast_worker_start() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _light_worker_profiler() -> Iterator[None]:
+    """Sample worker stacks for the dashboard every 100 ms instead of every 10 ms.
+
+    distributed's statistical profiler walks every thread's Python stack at
+    each tick; at the default 10 ms that was a few per cent of a worker's CPU
+    in a run.  An interval configured by the user is kept.
+    """
+    import dask
+
+    key = "distributed.worker.profile.interval"
+    if dask.config.get(key, "10ms") != "10ms":
+        yield
+        return
+    with dask.config.set({key: "100ms"}):
+        yield
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -115,7 +133,7 @@ def open_client(
         return
     if cluster != "local":
         raise ClusterError(f"unknown cluster type {cluster!r} (local or slurm)")
-    with _fast_worker_start():
+    with _fast_worker_start(), _light_worker_profiler():
         local = LocalCluster(
             n_workers=workers or default_workers(),
             threads_per_worker=threads_per_worker,
