@@ -377,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=16, help="upload threads (default 16)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each tool N times, alternating, and keep the fastest")
+    ap.add_argument("--readback-repeat", type=int,
+                    help="repeats for the readback comparison (default: --repeat)")
     ap.add_argument("--skip-readback", action="store_true")
     ap.add_argument("--ours-args", default="", help="extra arguments for wiseverify verify")
     ap.add_argument("--rclone-args", default="", help="extra arguments for rclone check")
@@ -408,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             stored_line = report("verify_vs_rclone", ours, theirs, 0.5)
             if not args.skip_readback:
                 ours_rb, theirs_rb = [], []
-                for i in range(args.repeat):
+                for i in range(args.readback_repeat or args.repeat):
                     ours_rb.append(run_ours(fx, s3, base / f"readback-{i}" / "run", "readback",
                                             ours_x))
                     theirs_rb.append(run_rclone(fx, s3, True, rclone_x))
