@@ -591,6 +591,15 @@ def _spool_bytes(path: str | None) -> int:
 
 def _prehash_job(root: str, spool: str, start: int, count: int, out: str, max_size: int,
                  stop_flag: str) -> dict:
+    """:func:`_prehash_spool`, whose failure only means the digest stage reads the files."""
+    try:
+        return _prehash_spool(root, spool, start, count, out, max_size, stop_flag)
+    except Exception:  # speculative work never fails the run
+        return {"side": "pre", "files": 0, "bytes": 0, "spool": None}
+
+
+def _prehash_spool(root: str, spool: str, start: int, count: int, out: str, max_size: int,
+                   stop_flag: str) -> dict:
     """Hash the small regular files among ``count`` source rows of a walk spool.
 
     Speculative work that only fills the time the destination listing takes: it
