@@ -151,6 +151,15 @@ SLOW_STAT_S = 50e-6
 #: entry budget of the first walk task (the one started at the root), so the
 #: rest of the tree reaches the other workers within milliseconds
 FIRST_BUDGET = 4_000
+#: a walk task returns after about this long, handing its remaining directories
+#: back, so that against a slow server no task runs alone for minutes at the end
+#: of the walk and a retried task repeats little.  Not shorter: each task costs
+#: a scheduler round trip and a spool file (measured: 0.1-0.4 s slices made the
+#: 500,000-entry benchmark walk slower than 50,000-entry budgets alone)
+WALK_TASK_SECONDS = 2.0
+#: how long a worker process reuses a task's choice of threads for the same root
+_AUTO_TTL_S = 30.0
+_auto_choice: dict[tuple[str, float], tuple[int, float]] = {}
 #: names per stat batch handed to one thread of the pool (and per probe while a
 #: task has not yet decided between one thread and a pool)
 _STAT_CHUNK = 64
@@ -210,6 +219,25 @@ def _load_statx():
 _STATX = _load_statx()
 
 
+_calls = 0
+
+
+def _voluntary_switches() -> int:
+    """Times this thread blocked so far (Linux).
+
+    Without a per-thread count it counts calls instead, so that every slow
+    call is taken for a wait.
+    """
+    global _calls
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+    except (ImportError, AttributeError, OSError):
+        _calls += 1 << 20
+        return _calls
+
+
 def _open_dir(path: bytes) -> int:
     """Open a directory without following a symlink swapped in for it; no atime if allowed."""
     if _NOATIME:
@@ -240,6 +268,11 @@ class _Walk:
         self.decided = not self.auto
         self.threads = 1 if threads is None else max(1, threads)
         self.pool = None
+        self.auto_key = (root, self.delay)
+        if self.auto:  # an earlier task of this process already measured this tree
+            known, when = _auto_choice.get(self.auto_key, (0, 0.0))
+            if known and time.monotonic() - when < _AUTO_TTL_S:
+                self.threads, self.decided = known, True
         self.buf = np.zeros(0, np.uint8)  # struct statx records, one per name
         self.used = 0  # records filled
         self.rels: list[str] = []  # per directory (or name range): its relative path
@@ -251,6 +284,7 @@ class _Walk:
         self.dirs = 0
         self.stat_s = 0.0
         self.stat_n = 0
+        self.stat_waits = 0
 
     # --- metadata calls -----------------------------------------------------------
     def _op(self) -> None:
@@ -366,16 +400,25 @@ class _Walk:
         if n > 1 and self.pool is None:
             self.pool = ThreadPoolExecutor(n, thread_name_prefix="walk-stat")
 
-    def _observe(self, n: int, seconds: float) -> None:
-        """Auto mode: the first calls of a task choose between one thread and a pool."""
+    def _observe(self, n: int, seconds: float, waits: int) -> None:
+        """Auto mode: the first calls of a task choose between one thread and a pool.
+
+        Slow calls alone do not decide it: on a busy machine a page-cached stat
+        is slow too, because the thread is preempted, and threads would only add
+        GIL traffic.  A call that waits on a server (or a disk) blocks, which the
+        kernel counts as a voluntary context switch of the thread.
+        """
         self.stat_n += n
         self.stat_s += seconds
+        self.stat_waits += waits
         if self.decided or self.stat_n < 8:
             return
-        if self.stat_s / self.stat_n > SLOW_STAT_S:
+        if self.stat_s / self.stat_n > SLOW_STAT_S and self.stat_waits >= self.stat_n // 2:
             self.start_threads(AUTO_WALK_THREADS)
         elif self.stat_n >= 4 * _STAT_CHUNK:
             self.decided = True  # served from cache: one thread is cheapest
+        if self.decided:
+            _auto_choice[self.auto_key] = (self.threads, time.monotonic())
 
     def _stat_job(self, fd: int, names: list[str], first: int) -> list[tuple[int, str]]:
         """Stat one directory's names: probing while undecided, then pooled or in line."""
@@ -384,9 +427,10 @@ class _Walk:
         fails: list[tuple[int, str]] = []
         j = 0
         while j < len(names) and self.pool is None:
-            t0 = time.perf_counter()
+            t0, w0 = time.perf_counter(), _voluntary_switches()
             fails += self._stat_into(fd, names[j:j + _STAT_CHUNK], first + j)
-            self._observe(len(names[j:j + _STAT_CHUNK]), time.perf_counter() - t0)
+            self._observe(len(names[j:j + _STAT_CHUNK]), time.perf_counter() - t0,
+                          _voluntary_switches() - w0)
             j += _STAT_CHUNK
         if j < len(names):
             starts = range(j, len(names), _STAT_CHUNK)
@@ -568,6 +612,7 @@ def walk_dirs(
     threads: int | None = None,
     split_entries: int | None = None,
     stat_delay_us: float | None = None,
+    max_seconds: float | None = WALK_TASK_SECONDS,
 ) -> dict:
     """Walk ``rel_dirs`` (relative to ``root``) with lstat only; spool the entries.
 
@@ -577,6 +622,9 @@ def walk_dirs(
     "threads"}``: ``pending`` are the items left for other tasks once ``budget``
     entries have been seen (directories, and name ranges when a directory has
     more than ``split_entries`` names; default ``max(1000, budget // 4)``).
+
+    The task also returns after ``max_seconds`` (checked between directories),
+    so the walk's tail is spread over the cluster too.
 
     ``threads=None`` lets the task decide: one thread while lstat answers from
     cache, :data:`AUTO_WALK_THREADS` once calls wait on a server.
@@ -589,8 +637,9 @@ def walk_dirs(
         w.start_threads(w.threads)
     stack = list(reversed(rel_dirs))
     ranges: list[tuple] = []
+    deadline = time.monotonic() + max_seconds if max_seconds else float("inf")
     try:
-        while stack and w.count < budget and not ranges:
+        while stack and w.count < budget and not ranges and time.monotonic() < deadline:
             # one directory per round, or one per thread once there is a pool
             batch = [stack.pop() for _ in range(min(len(stack), w.threads))]
             jobs = []
