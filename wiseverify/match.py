@@ -8,8 +8,12 @@ partition at a time, so memory is bounded by the partition size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import schema as S
 
@@ -25,11 +29,173 @@ SRC_COLS = ["kind", "size", "mtime_ns", "ctime_ns", "ino", "nlink", "uid", "gid"
             "blocks", "name_problem", "error"]
 DST_COLS = ["size", "etag", "last_modified_ns", "storage_class", "checksum_algorithm",
             "checksum_type"]
+HAS_OBJECT = ", an object exists under this key"
 
 
-def _frame(table: pa.Table, cols: list[str], prefix: str, extra: list[str]) -> pd.DataFrame:
-    df = table.select(["key", "nkey", *extra, *cols]).to_pandas(types_mapper=pd.ArrowDtype)
-    return df.rename(columns={c: prefix + c for c in cols})
+#: the columns of a matched partition, in the order the per-row stages see them
+FRAME_COLS = ["key", "nkey", "key_bytes", *("src_" + c for c in SRC_COLS),
+              *("dst_" + c for c in DST_COLS), "dst_rel", "name_pair"]
+
+
+@dataclass
+class Matched:
+    """One partition after the join, in key order, as columns.
+
+    ``table`` holds :data:`FRAME_COLS`; ``status`` and ``detail`` are object
+    arrays, None where content evidence must decide (``open``).  Later stages
+    decide whole column ranges at once and turn only the rows that need a
+    request or a read into a pandas frame (:meth:`frame`), so a partition of
+    250,000 keys costs a handful of Arrow kernels, not 250,000 Python rows.
+    """
+
+    table: pa.Table
+    status: np.ndarray
+    detail: np.ndarray
+    in_src: np.ndarray
+    in_dst: np.ndarray
+    open: np.ndarray  # status is None: a candidate for content evidence
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def decide(self, rows: np.ndarray, status: str, detail) -> None:
+        """Set the status of ``rows`` (positions of open rows) and close them."""
+        self.status[rows] = status
+        self.detail[rows] = detail
+        self.open[rows] = False
+
+    def frame(self, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The rows at ``rows`` (all by default) as the pandas frame :func:`match_partition` returns.
+
+        The frame is indexed 0..len(rows)-1, in the order of ``rows``.
+        """
+        table = self.table if rows is None else self.table.take(pa.array(rows, pa.int64()))
+        m = table.to_pandas(types_mapper=pd.ArrowDtype)
+        m["name_pair"] = table.column("name_pair").to_numpy(zero_copy_only=False).astype(bool)
+        status = self.status if rows is None else self.status[rows]
+        detail = self.detail if rows is None else self.detail[rows]
+        m["status"] = pd.array(status, dtype="string")
+        m["detail"] = pd.array(detail, dtype="string")
+        return m
+
+
+def _objects(items: list) -> np.ndarray:
+    """A 1-d object array of ``items`` (np.array would nest sequences)."""
+    out = np.empty(len(items), object)
+    out[:] = items
+    return out
+
+
+def _pairs(src: pa.Table, dst: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.ChunkedArray]:
+    """Source and destination row numbers (-1: absent) of each key, in key order; and the keys.
+
+    A hash join on the key alone (Arrow's, in C++), then one sort: the payload
+    columns are taken once, afterwards, instead of travelling through the join.
+    Duplicate keys on a side pair as in any full outer join (every combination).
+    """
+    ks = pa.table({"key": src.column("key"), "_si": pa.array(np.arange(src.num_rows))})
+    kd = pa.table({"key": dst.column("key"), "_di": pa.array(np.arange(dst.num_rows))})
+    j = ks.join(kd, keys="key", join_type="full outer", coalesce_keys=True)
+    j = j.take(pc.sort_indices(j, [("key", "ascending"), ("_si", "ascending"),
+                                   ("_di", "ascending")]))
+    si = pc.fill_null(j.column("_si"), -1).to_numpy()
+    di = pc.fill_null(j.column("_di"), -1).to_numpy()
+    return np.array(si, np.int64), np.array(di, np.int64), j.column("key")
+
+
+def _name_twins(src: pa.Table, dst: pa.Table, si: np.ndarray,
+                di: np.ndarray) -> list[tuple[int, int]]:
+    """(source-only row, destination-only row) pairs of Unicode-equivalent names.
+
+    The first destination-only row of each NFC key is paired with the first
+    source-only regular file of the same NFC key.
+    """
+    left = np.flatnonzero((si >= 0) & (di < 0))
+    right = np.flatnonzero((si < 0) & (di >= 0))
+    if not len(left) or not len(right):
+        return []
+    is_file = pc.equal(src.column("kind").take(pa.array(si[left])), S.KIND_FILE)
+    left = left[pc.fill_null(is_file, False).to_numpy(zero_copy_only=False)]
+    if not len(left):
+        return []
+    rfirst: dict[str, int] = {}
+    for p, k in zip(right.tolist(), dst.column("nkey").take(pa.array(di[right])).to_pylist(),
+                    strict=True):
+        if k is not None and k not in rfirst:
+            rfirst[k] = p
+    pairs: list[tuple[int, int]] = []
+    seen: set[str] = set()
+    for p, k in zip(left.tolist(), src.column("nkey").take(pa.array(si[left])).to_pylist(),
+                    strict=True):
+        if k is not None and k in rfirst and k not in seen:
+            seen.add(k)
+            pairs.append((p, rfirst[k]))
+    return pairs
+
+
+def match_table(src: pa.Table, dst: pa.Table) -> Matched:
+    """Join one partition of the source and destination inventories, as columns.
+
+    Every row whose verdict the listings decide (missing, extra, size, names,
+    skipped kinds, listing errors) gets it here; the others stay open for
+    content evidence.  ``dst_rel`` is the destination key (relative to the
+    prefix) the row was paired with; it differs from ``key`` only for a
+    Unicode-equivalent name pair (``name_pair``).
+    """
+    si, di, keys = _pairs(src, dst)
+    twins = _name_twins(src, dst, si, di)
+    name_pair = np.zeros(len(si), bool)
+    if twins:
+        lp, rp = (np.array(x, np.int64) for x in zip(*twins, strict=True))
+        di[lp] = di[rp]
+        name_pair[lp] = True
+        keep = np.ones(len(si), bool)
+        keep[rp] = False
+        si, di, name_pair = si[keep], di[keep], name_pair[keep]
+        keys = keys.filter(pa.array(keep))
+    in_src, in_dst = si >= 0, di >= 0
+    s = src.select(["nkey", "key_bytes", *SRC_COLS]).take(pa.array(si, mask=~in_src))
+    d = dst.select(["key", "nkey", *DST_COLS]).take(pa.array(di, mask=~in_dst))
+    cols = {"key": keys, "nkey": pc.coalesce(s.column("nkey"), d.column("nkey")),
+            "key_bytes": s.column("key_bytes")}
+    cols.update({"src_" + c: s.column(c) for c in SRC_COLS})
+    cols.update({"dst_" + c: d.column(c) for c in DST_COLS})
+    cols["dst_rel"] = d.column("key")
+    cols["name_pair"] = pa.array(name_pair)
+    table = pa.table(cols)
+    n = table.num_rows
+    mt = Matched(table, np.full(n, None, object), np.full(n, None, object), in_src, in_dst,
+                 np.ones(n, bool))
+
+    def where(cond) -> np.ndarray:
+        return pc.fill_null(cond, False).to_numpy(zero_copy_only=False)
+
+    def values(col: str, rows: np.ndarray) -> np.ndarray:
+        return _objects(table.column(col).take(pa.array(rows)).to_pylist())
+
+    def put(mask: np.ndarray, status: str, detail) -> None:
+        rows = np.flatnonzero(mask & mt.open)
+        if len(rows):
+            mt.decide(rows, status, detail(rows) if callable(detail) else detail)
+
+    put(in_src & where(pc.is_valid(table.column("src_error"))), S.SOURCE_ERROR,
+        lambda r: values("src_error", r))
+    kind = table.column("src_kind")
+    for k, reason in SKIP_REASONS.items():
+        put(in_src & where(pc.equal(kind, k)), S.SKIPPED,
+            lambda r, reason=reason: np.where(in_dst[r], reason + HAS_OBJECT, reason))
+    put(in_src & where(pc.is_valid(table.column("src_name_problem"))), S.NAME_UNMAPPABLE,
+        lambda r: values("src_name_problem", r))
+    put(in_src & ~in_dst, S.MISSING_IN_DEST, "no object under this key")
+    put(in_dst & ~in_src, S.EXTRA_IN_DEST, "object has no source file")
+
+    def sizes(rows: np.ndarray) -> np.ndarray:
+        pairs = zip(values("src_size", rows), values("dst_size", rows), strict=True)
+        return _objects([f"source {a} bytes, destination {b} bytes" for a, b in pairs])
+
+    put(in_src & in_dst & where(pc.not_equal(table.column("src_size"), table.column("dst_size"))),
+        S.SIZE_MISMATCH, sizes)
+    return mt
 
 
 def match_partition(src: pa.Table, dst: pa.Table) -> pd.DataFrame:
@@ -40,61 +206,4 @@ def match_partition(src: pa.Table, dst: pa.Table) -> pd.DataFrame:
     ``dst_rel`` is the destination key (relative to the prefix) the row was
     paired with; it differs from ``key`` only for NAME_MISMATCH.
     """
-    s = _frame(src, SRC_COLS, "src_", ["key_bytes"])
-    d = _frame(dst, DST_COLS, "dst_", [])
-    d["dst_rel"] = d["key"]
-    m = s.merge(d.rename(columns={"nkey": "dst_nkey"}), on="key", how="outer", indicator=True)
-    m["nkey"] = m["nkey"].where(m["nkey"].notna(), m["dst_nkey"])
-    m = m.drop(columns=["dst_nkey"])
-    m["name_pair"] = False
-
-    # Unicode-equivalent names: pair source-only and dest-only rows on their NFC form
-    left = m[(m["_merge"] == "left_only") & m["src_kind"].eq(S.KIND_FILE).fillna(False)]
-    right = m[m["_merge"] == "right_only"]
-    if len(left) and len(right):
-        rfirst = right.reset_index().drop_duplicates("nkey").set_index("nkey")
-        rfirst = rfirst[rfirst.index.notna()]
-        hits = left[left["nkey"].isin(rfirst.index)]
-        if len(hits):
-            lfirst = hits.reset_index().drop_duplicates("nkey")
-            used_right = []
-            for _, lrow in lfirst.iterrows():
-                r = rfirst.loc[lrow["nkey"]]
-                li = lrow["index"]
-                for c in ["dst_rel", *("dst_" + x for x in DST_COLS)]:
-                    m.at[li, c] = r[c]
-                m.at[li, "_merge"] = "both"
-                m.at[li, "name_pair"] = True
-                used_right.append(r["index"])
-            m = m.drop(index=used_right)
-
-    m["status"] = pd.Series(pd.NA, index=m.index, dtype="string")
-    m["detail"] = pd.Series(pd.NA, index=m.index, dtype="string")
-    m = m.reset_index(drop=True)
-
-    def put(mask, status, detail):
-        mask = mask.fillna(False).astype(bool) & m["status"].isna()
-        m.loc[mask, "status"] = status
-        if isinstance(detail, pd.Series):
-            m.loc[mask, "detail"] = detail[mask]
-        else:
-            m.loc[mask, "detail"] = detail
-
-    in_src = m["_merge"].isin(["left_only", "both"])
-    in_dst = m["_merge"].isin(["right_only", "both"])
-    has_obj = pd.Series(
-        [", an object exists under this key" if x else "" for x in in_dst], index=m.index
-    )
-
-    put(in_src & m["src_error"].notna(), S.SOURCE_ERROR, m["src_error"].astype("string"))
-    for kind, reason in SKIP_REASONS.items():
-        put(in_src & m["src_kind"].eq(kind), S.SKIPPED, reason + has_obj)
-    put(in_src & m["src_name_problem"].notna(), S.NAME_UNMAPPABLE,
-        m["src_name_problem"].astype("string"))
-    put(in_src & ~in_dst, S.MISSING_IN_DEST, "no object under this key")
-    put(in_dst & ~in_src, S.EXTRA_IN_DEST, "object has no source file")
-    size_differs = in_src & in_dst & (m["src_size"] != m["dst_size"])
-    put(size_differs, S.SIZE_MISMATCH,
-        "source " + m["src_size"].astype("string") + " bytes, destination "
-        + m["dst_size"].astype("string") + " bytes")
-    return m.drop(columns=["_merge"])
+    return match_table(src, dst).frame()

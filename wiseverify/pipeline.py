@@ -675,7 +675,7 @@ def _partition_job(ctx: R.Context, part: int, topic: str | None = None,
     """
     from distributed import get_client, rejoin, secede
 
-    plan = R.plan_partition(ctx, part)
+    plan = R.plan_partition(ctx, part, prehash_dir)
     units = plan["units"]
     PROG.unit_done(topic, plan_files=sum(1 for u in units for r in u.ranges if r.offset == 0),
                    plan_bytes=sum(u.nbytes for u in units))

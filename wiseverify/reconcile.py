@@ -22,17 +22,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import carry as C
 from . import digest as D
 from . import hsm
 from . import ingest as INGEST
 from . import schema as S
+from . import settle as SETTLE
 from .evidence import Evidence, compare_posix_metadata, encryption_of, plan_evidence
-from .inventory import read_partition, write_atomic
-from .match import match_partition
+from .inventory import read_partition
+from .match import Matched, match_table
 from .s3 import S3Target
 
 
@@ -72,18 +75,59 @@ class Context:
         return self.out_dir / f"part-{part:05d}.parquet"
 
 
-def plan_partition(ctx: Context, part: int) -> dict:
-    """Match one partition and choose evidence; returns rows, evidence and work units."""
+def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> dict:
+    """Match one partition and choose evidence; returns rows, evidence and work units.
+
+    Rows the listings decide, and candidates whose evidence needs no request
+    and no read (``settle``: an ETag MD5 or a checksum-report value against a
+    digest in ``prehash_dir``), are decided here column by column; only the
+    rest become rows of the pandas ``frame`` that the per-row evidence, digest
+    and finish steps work on.  ``positions`` maps the frame's rows back to the
+    partition (``matched``).
+    """
+    clock = time.perf_counter()
+    stage_s: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stage_s[name] = stage_s.get(name, 0.0) + now - clock
+        clock = now
+
     src = read_partition(ctx.src_inv, part, S.SOURCE_INVENTORY)
     dst = read_partition(ctx.dst_inv, part, S.DEST_INVENTORY)
-    m = match_partition(src, dst)
-    _skip_released(ctx, m)
-    carried: dict[int, dict] = {}
-    if ctx.previous_run:
-        open_idx = m.index[m["status"].isna()].tolist()
-        prev = C.load_previous(Path(ctx.previous_run), part, m.loc[open_idx, "key"].tolist())
-        carried = C.carry_over(m, open_idx, prev)
-    cand_idx = [i for i in m.index[m["status"].isna()].tolist() if i not in carried]
+    lap("read")
+    mt = match_table(src, dst)
+    del src, dst
+    lap("match")
+    _skip_released(ctx, mt)
+    open_pos = np.flatnonzero(mt.open)
+    carried_at: dict[int, dict] = {}
+    if ctx.previous_run and len(open_pos):
+        m_open = mt.frame(open_pos)
+        prev = C.load_previous(Path(ctx.previous_run), part, m_open["key"].tolist())
+        carried_at = {int(open_pos[i]): p for i, p in
+                      C.carry_over(m_open, list(range(len(open_pos))), prev).items()}
+        if carried_at:
+            still = np.zeros(len(mt), bool)
+            still[open_pos] = True
+            still[np.fromiter(carried_at, np.int64)] = False
+            open_pos = np.flatnonzero(still)
+        lap("carry")
+    settled = SETTLE.settle(mt, open_pos, run_dir=ctx.run_dir, part=part, mode=ctx.mode,
+                            metadata=ctx.metadata, head_min_size=ctx.head_min_size,
+                            prehash_dir=prehash_dir)
+    if settled is not None:
+        still = np.zeros(len(mt), bool)
+        still[open_pos] = True
+        still[settled.column("_pos").to_numpy()] = False
+        open_pos = np.flatnonzero(still)
+    lap("settle")
+    positions = np.sort(np.concatenate([open_pos, np.fromiter(carried_at, np.int64)]))
+    m = mt.frame(positions)
+    local = {int(p): i for i, p in enumerate(positions)}
+    carried = {local[p]: prow for p, prow in carried_at.items()}
+    cand_idx = [local[int(p)] for p in open_pos]
     cand_rows = [_row_dict(m, i) for i in cand_idx]
     if ctx.mode == "stored":  # entries of a --checksum-report, read for this partition only
         INGEST.attach_checksums(ctx.run_dir, part, cand_rows)
@@ -112,27 +156,30 @@ def plan_partition(ctx: Context, part: int) -> dict:
     unit_files = min(ctx.unit_files, max(100, len(items) // ctx.min_units))
     range_bytes = min(ctx.range_bytes, max(32 << 20, total // ctx.min_units))
     units = D.make_units(items, unit_bytes, unit_files, range_bytes)
+    lap("evidence")
     return {"part": part, "frame": m, "evidence": evidence, "units": units,
-            "carried": carried, "requests": sum(e.requests for e in evs)}
+            "carried": carried, "requests": sum(e.requests for e in evs),
+            "matched": mt, "positions": positions, "settled": settled, "stage_s": stage_s}
 
 
-def _skip_released(ctx: Context, m: pd.DataFrame) -> None:
+def _skip_released(ctx: Context, mt: Matched) -> None:
     """Mark HSM-released candidates SKIPPED before anything could open them."""
     lfs = hsm.lfs_path()
-    if not lfs or not len(m):
+    if not lfs or not len(mt):
         return
+    cand = np.flatnonzero(mt.open)
+    t = mt.table.select(["key_bytes", "src_size", "src_blocks"]).take(pa.array(cand, pa.int64()))
+    size = pc.fill_null(t.column("src_size"), 0).to_numpy()
+    blocks = t.column("src_blocks")
+    maybe = pc.fill_null(pc.and_(pc.greater(t.column("src_size"), 0),
+                                 pc.less(pc.multiply(blocks, 512), size)), False)
+    rows = np.flatnonzero(maybe.to_numpy(zero_copy_only=False))
     broot = os.fsencode(ctx.root)
-    cand = m.index[m["status"].isna()]
-    paths: dict[bytes, int] = {}
-    for i in cand:
-        blocks = m.at[i, "src_blocks"]
-        if hsm.may_be_released(int(m.at[i, "src_size"]),
-                               None if pd.isna(blocks) else int(blocks)):
-            paths[broot + b"/" + bytes(m.at[i, "key_bytes"])] = i
+    paths = {broot + b"/" + kb: int(cand[r]) for r, kb in
+             zip(rows, t.column("key_bytes").take(pa.array(rows)).to_pylist(), strict=True)}
     for path, reason in hsm.released(list(paths), lfs).items():
         if path in paths:
-            m.at[paths[path], "status"] = S.SKIPPED
-            m.at[paths[path], "detail"] = reason
+            mt.decide(np.array([paths[path]]), S.SKIPPED, reason)
 
 
 def run_unit(ctx: Context, units: list[D.Unit], i: int) -> dict:
@@ -236,6 +283,7 @@ def _computed(ev: Evidence, res: dict) -> tuple[str | None, list[str]]:
 
 def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     """Compare digests with evidence, set every row's status, write the partition output."""
+    started = time.perf_counter()
     m: pd.DataFrame = plan["frame"]
     evidence: dict[int, Evidence] = plan["evidence"]
     src_ranges: dict[int, list[dict]] = defaultdict(list)
@@ -358,16 +406,40 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
             # a MATCH always names its evidence; anything else is a defect
             raise AssertionError(f"MATCH without evidence for {m.at[i, 'key']!r}")
 
-    table = _to_table(ctx, plan["part"], m, status, detail, out)
-    write_atomic(table, ctx.part_path(plan["part"]))
+    t0 = time.perf_counter()
+    table = _assemble(ctx, plan, _to_table(ctx, plan["part"], m, status, detail, out))
+    t1 = time.perf_counter()
+    write_output(table, ctx.part_path(plan["part"]))
+    t2 = time.perf_counter()
     shutil.rmtree(checkpoint_dir(ctx, plan["part"]), ignore_errors=True)
+    stage_s = dict(plan.get("stage_s") or {})
+    stage_s.update(finish=t0 - started, assemble=t1 - t0, write=t2 - t1)
     return summarize(table) | {
         "requests": plan.get("requests", 0),
         "carried": len(plan.get("carried", {})),
         "units": len(unit_results),
         "units_reused": sum(1 for r in unit_results if r.get("reused")),
         "open_intervals": [r["open_interval"] for r in unit_results if r.get("open_interval")],
+        "stage_s": stage_s,
     }
+
+
+#: reconciliation columns whose values repeat: Parquet dictionaries pay off only there.
+#: Keys, ETags and digests are unique per row; trying a dictionary on them first
+#: cost a third of the partition's write.
+DICTIONARY_COLUMNS = ("status", "verified_by", "detail", "src_kind", "src_uid", "src_gid",
+                      "src_mode", "dst_storage_class", "dst_parts", "dst_checksum_algorithm",
+                      "dst_checksum_type", "metadata_checked", "partition", "evidence_run")
+
+
+def write_output(table: pa.Table, path: Path) -> None:
+    """Write one partition's reconciliation table atomically (temp name, then rename)."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp, compression="zstd", use_dictionary=list(DICTIONARY_COLUMNS))
+    os.replace(tmp, path)
 
 
 def _col(m: pd.DataFrame, name: str) -> list:
@@ -419,23 +491,121 @@ def _to_table(ctx: Context, part: int, m: pd.DataFrame, status: list, detail: li
         "partition": [part] * n,
         "evidence_run": out["evidence_run"],
     }
+    return pa.table(cols, schema=S.RECONCILIATION)
+
+
+def _np_bool(arr) -> np.ndarray:
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+
+
+def _assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
+    """The partition's table in key order: its column-decided rows and the per-row ``rows``.
+
+    ``rows`` (from :func:`_to_table`) are the frame's rows, which sit at
+    ``plan["positions"]`` of the matched partition; every other row was
+    decided by the listings or settled in bulk, and is built here from whole
+    columns.
+    """
+    mt: Matched | None = plan.get("matched")
+    if mt is None:
+        return rows.sort_by("key")
+    t = mt.table
+    n = len(mt)
+    positions = plan["positions"]
+    settled: pa.Table | None = plan.get("settled")
+    if settled is not None and settled.num_rows:
+        pos = settled.column("_pos").to_numpy()
+        idx = np.full(n, -1, np.int64)
+        idx[pos] = np.arange(len(pos))
+        sv = settled.drop_columns(["_pos"]).take(pa.array(idx, mask=idx < 0))
+    else:
+        pos = np.zeros(0, np.int64)
+        sv = pa.table({c: pa.nulls(n, typ) for c, typ in SETTLE.COLUMNS.items()})
+    # listing verdicts, then settled ones; each row has at most one of the two
+    status = pc.coalesce(pa.array(mt.status, pa.string()), sv.column("status"))
+    detail = pc.coalesce(pa.array(mt.detail, pa.string()), sv.column("detail"))
+    verified_by = sv.column("verified_by")
+
+    # Unicode-equivalent pairs decided here are reported as such, content result kept
+    in_rows = np.zeros(n, bool)
+    in_rows[positions] = True
+    pairs = np.flatnonzero(t.column("name_pair").to_numpy(zero_copy_only=False) & ~in_rows)
+    if len(pairs):
+        at = pa.array(pairs)
+        new_status = np.full(n, None, object)
+        new_detail = np.full(n, None, object)
+        for i, rel, st, det, by in zip(pairs, t.column("dst_rel").take(at).to_pylist(),
+                                       status.take(at).to_pylist(), detail.take(at).to_pylist(),
+                                       verified_by.take(at).to_pylist(), strict=True):
+            content = {
+                S.MATCH: f"content matches ({by})",
+                S.METADATA_MISMATCH: f"content matches ({by}), {det}",
+            }.get(st, f"{st}: {det}")
+            new_detail[i] = (f"destination holds this file as {rel!r} (Unicode normalization "
+                             f"differs, byte-wise a different key); {content}")
+            new_status[i] = S.NAME_MISMATCH
+        status = pc.coalesce(pa.array(new_status, pa.string()), status)
+        detail = pc.coalesce(pa.array(new_detail, pa.string()), detail)
+    bad = _np_bool(pc.and_(pc.equal(status, S.MATCH), pc.is_null(verified_by))) & ~in_rows
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise AssertionError(f"MATCH without evidence for {t.column('key')[i].as_py()!r}")
+    key = t.column("key")
+    cols = {
+        "key": key,
+        "key_bytes": pc.coalesce(t.column("key_bytes"), pc.cast(key, pa.binary())),
+        "dst_key": pc.binary_join_element_wise(ctx.target.prefix, t.column("dst_rel"), ""),
+        "status": status,
+        "verified_by": verified_by,
+        "detail": detail,
+        **{c: t.column(c) for c in ("src_kind", "src_size", "dst_size", "src_mtime_ns",
+                                    "src_ctime_ns", "src_ino", "src_uid", "src_gid", "src_mode",
+                                    "dst_etag", "dst_last_modified_ns", "dst_storage_class")},
+        "dst_parts": sv.column("dst_parts"),
+        "dst_part_size": pa.nulls(n, pa.int64()),
+        "dst_checksum_algorithm": pc.coalesce(sv.column("dst_checksum_algorithm"),
+                                              t.column("dst_checksum_algorithm")),
+        "dst_checksum_type": sv.column("dst_checksum_type"),
+        "dst_checksum": sv.column("dst_checksum"),
+        "src_digest": sv.column("src_digest"),
+        "src_crc64nvme": sv.column("src_crc64nvme"),
+        "metadata_checked": pa.array(np.zeros(n, bool)),
+        "bytes_read_src": sv.column("bytes_read_src"),
+        "bytes_read_dst": pa.nulls(n, pa.int64()),
+        "partition": pa.array(np.full(n, plan["part"], np.int32)),
+        "evidence_run": pa.array(np.full(n, ctx.run_id, object), pa.string()),
+    }
     table = pa.table(cols, schema=S.RECONCILIATION)
-    return table.sort_by("key")
+    if not rows.num_rows:
+        return table
+    # the per-row results replace the placeholders at their positions
+    idx = np.arange(n)
+    idx[positions] = n + np.arange(len(positions))
+    return pa.concat_tables([table, rows]).take(pa.array(idx))
 
 
 def summarize(table: pa.Table) -> dict:
     """Counts and bytes per status and evidence kind of one reconciliation table."""
-    df = table.select(["status", "verified_by", "src_size", "dst_size", "bytes_read_src",
-                       "bytes_read_dst"]).to_pandas()
-    size = df["src_size"].fillna(df["dst_size"]).fillna(0)
-    counts = df["status"].value_counts().to_dict()
-    nbytes = size.groupby(df["status"]).sum().to_dict()
-    evid = df["verified_by"].value_counts().to_dict()
+    size = pc.coalesce(table.column("src_size"), table.column("dst_size"), pa.scalar(0, pa.int64()))
+    by_status = pa.table({"status": table.column("status"), "size": size}).group_by(
+        "status").aggregate([("size", "sum"), ("size", "count")])
+    counts, nbytes = {}, {}
+    for r in by_status.to_pylist():
+        if r["status"] is not None:
+            counts[r["status"]] = int(r["size_count"])
+            nbytes[r["status"]] = int(r["size_sum"] or 0)
+    evid = {r["values"]: int(r["counts"]) for r in sorted(
+        pc.value_counts(table.column("verified_by")).to_pylist(), key=lambda r: -r["counts"])
+        if r["values"] is not None}
+
+    def total(col: str) -> int:
+        return int(pc.sum(table.column(col)).as_py() or 0)
+
     return {
-        "counts": {k: int(v) for k, v in counts.items()},
-        "bytes": {k: int(v) for k, v in nbytes.items()},
-        "verified_by": {k: int(v) for k, v in evid.items()},
-        "bytes_read_src": int(df["bytes_read_src"].fillna(0).sum()),
-        "bytes_read_dst": int(df["bytes_read_dst"].fillna(0).sum()),
-        "rows": len(df),
+        "counts": counts,
+        "bytes": nbytes,
+        "verified_by": evid,
+        "bytes_read_src": total("bytes_read_src"),
+        "bytes_read_dst": total("bytes_read_dst"),
+        "rows": table.num_rows,
     }
