@@ -332,11 +332,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
             # the tasks the cluster runs at once: each listing request costs a round trip
             # (and money on S3), so a thousand folders of twenty objects each are cheaper
             # as a few recursive listings than as a thousand delimiter listings.
-            prefixes = res["pending"]
-            depth = res["depth"] + 1
-            fan = depth < cfg.fanout_depth and len(prefixes) < window
-            for rel in prefixes:
-                pending.append(("dst", rel, depth, fan))
+            pending.extend(list_followups(res, cfg.fanout_depth, window))
 
     def on_listed(res):
         on_result(res)
@@ -573,6 +569,61 @@ def walk_source(client, root: str, spool_dir: str, prefix: str = "", budget: int
         if res["spool"]:
             out["spools"].append((res["spool"], res["count"]))
         pending.extend(("src", batch) for batch in INV.walk_batches(res["pending"], window))
+
+    _submit_windowed(client, pending, submit, window, on_result)
+    return out
+
+
+def list_followups(res: dict, fanout_depth: int, window: int) -> list[tuple]:
+    """The listing jobs ``("dst", rel, depth, fan)`` for the common prefixes a listing found.
+
+    A prefix is listed one level at a time (``fan``) only while it is shallower
+    than ``fanout_depth`` and the prefixes found at once are fewer than the
+    ``window`` of tasks in flight; otherwise it gets one recursive listing.
+    """
+    prefixes = res["pending"]
+    depth = res["depth"] + 1
+    fan = depth < fanout_depth and len(prefixes) < window
+    return [("dst", rel, depth, fan) for rel in prefixes]
+
+
+def list_dest(client, target: S3Target, spool_dir: str, fanout_depth: int = 2,
+              window: int | None = None) -> dict:
+    """The destination listing of :func:`verify` on its own: listing tasks on the cluster.
+
+    Why it exists: listing 30 million objects is a stage of its own in the
+    capacity plan, and it must be measurable against other listers without a
+    source tree.  Same tasks, same fan-out by common prefixes
+    (:func:`list_followups`), same bound on the listings in flight (``window``,
+    default twice the cluster's threads).  Returns counts and spool files.
+    """
+    if window is None:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        window = max(2, 2 * (sum(w.get("nthreads", 1) for w in workers.values()) or 1))
+    Path(spool_dir).mkdir(parents=True, exist_ok=True)
+    out: dict = {"count": 0, "markers": 0, "requests": 0, "tasks": 0, "spools": [],
+                 "errors": [], "max_depth": 0}
+    pending: list[tuple] = [("dst", "", 0, fanout_depth > 0)]
+    seq = iter(range(1 << 62))
+    tag = uuid.uuid4().hex[:8]
+
+    def submit(job):
+        n = next(seq)
+        _, rel, depth, fan = job
+        return client.submit(_list_job, target, rel, depth, fan,
+                             os.path.join(spool_dir, f"dst-{n:08d}.parquet"), pure=False,
+                             key=f"list-{n}-{tag}")
+
+    def on_result(res):
+        out["tasks"] += 1
+        for k in ("count", "markers", "requests"):
+            out[k] += res[k]
+        out["max_depth"] = max(out["max_depth"], res["depth"])
+        if res.get("error"):
+            out["errors"].append(res["error"])
+        if res["spool"]:
+            out["spools"].append((res["spool"], res["count"]))
+        pending.extend(list_followups(res, fanout_depth, window))
 
     _submit_windowed(client, pending, submit, window, on_result)
     return out
