@@ -342,8 +342,9 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                     note=f"source {stats['src_rows']:,}, destination {stats['dst_rows']:,}")
 
     prog.stage("inventory", unit="entries")
+    # half the threads may prehash: listings have left the thread pool (see _list_job)
     _submit_windowed(client, pending, submit, window, on_listed, speculative,
-                     max(1, nthreads // 4), stop_flag.touch)
+                     max(1, nthreads // 2), stop_flag.touch)
     prog.end_stage()
     if list_errors:
         raise RuntimeError("destination listing failed: " + "; ".join(list_errors[:3]))
