@@ -160,6 +160,8 @@ WALK_TASK_SECONDS = 2.0
 #: how long a worker process reuses a task's choice of threads for the same root
 _AUTO_TTL_S = 30.0
 _auto_choice: dict[tuple[str, float], tuple[int, float]] = {}
+#: calls per probe while a task measures whether its stat calls wait
+_PROBE = 8
 #: names per stat batch handed to one thread of the pool (and per probe while a
 #: task has not yet decided between one thread and a pool)
 _STAT_CHUNK = 64
@@ -427,11 +429,13 @@ class _Walk:
         fails: list[tuple[int, str]] = []
         j = 0
         while j < len(names) and self.pool is None:
+            # small probes first: against a slow server every sequential call is a wait
+            step = _PROBE if self.stat_n < _STAT_CHUNK else _STAT_CHUNK
             t0, w0 = time.perf_counter(), _voluntary_switches()
-            fails += self._stat_into(fd, names[j:j + _STAT_CHUNK], first + j)
-            self._observe(len(names[j:j + _STAT_CHUNK]), time.perf_counter() - t0,
+            fails += self._stat_into(fd, names[j:j + step], first + j)
+            self._observe(len(names[j:j + step]), time.perf_counter() - t0,
                           _voluntary_switches() - w0)
-            j += _STAT_CHUNK
+            j += step
         if j < len(names):
             starts = range(j, len(names), _STAT_CHUNK)
             for got in self.pool.map(
