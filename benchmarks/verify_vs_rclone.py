@@ -209,6 +209,7 @@ class Run:
     note: str = ""
     timings: dict = field(default_factory=dict)
     endpoint_cpu_s: float = 0.0
+    cpu_s: float = 0.0  # the tool's own processes
 
 
 def _endpoint_cpu(s3: LocalS3) -> float:
@@ -221,6 +222,40 @@ def _endpoint_cpu(s3: LocalS3) -> float:
         return t.user + t.system
     except Exception:
         return 0.0
+
+
+def _run_metered(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd``; returns (result, wall seconds, CPU seconds of its whole process tree).
+
+    CPU is sampled from every descendant while it runs (the Dask workers are
+    children of a forkserver, which no one waits for, so rusage would miss
+    them).  On a shared machine the CPU figure is the steadier one.
+    """
+    import psutil
+
+    seen: dict[int, float] = {}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    box: dict = {}
+
+    def communicate() -> None:
+        box["out"], box["err"] = proc.communicate()
+
+    reader = threading.Thread(target=communicate)
+    reader.start()
+    root = psutil.Process(proc.pid)
+    while reader.is_alive():
+        with contextlib.suppress(psutil.Error):
+            for q in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = q.cpu_times()
+                    seen[q.pid] = t.user + t.system
+        reader.join(0.1)
+    wall = time.monotonic() - t0
+    res = subprocess.CompletedProcess(cmd, proc.returncode, box.get("out", ""),
+                                      box.get("err", ""))
+    return res, wall, sum(seen.values())
 
 
 def _load() -> str:
@@ -247,9 +282,7 @@ def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -
     env = dict(os.environ, **FAKE_CREDENTIALS)
     print(f"\n$ {' '.join(cmd)}   [{_load()}]", flush=True)
     cpu0 = _endpoint_cpu(s3)
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.monotonic() - t0
+    p, wall, cpu = _run_metered(cmd, env)
     endpoint_cpu = _endpoint_cpu(s3) - cpu0
     for line in (p.stdout + p.stderr).splitlines():
         if line.startswith(("run ", "inventory:", "partitioned", "digest and", "content ",
@@ -267,7 +300,7 @@ def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -
                dict(s.get("timings", {}), verified_by=s.get("verified_by"),
                     requests=s.get("requests"),
                     prehashed=s.get("inventory", {}).get("prehashed_files")),
-               endpoint_cpu)
+               endpoint_cpu, cpu)
 
 
 def rclone_env(s3: LocalS3) -> dict:
@@ -308,9 +341,7 @@ def run_rclone(fx: Fixture, s3: LocalS3, download: bool, extra: list[str]) -> Ru
     cmd += extra
     print(f"\n$ {' '.join(cmd)}   [{_load()}]", flush=True)
     cpu0 = _endpoint_cpu(s3)
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, env=rclone_env(s3), capture_output=True, text=True)
-    wall = time.monotonic() - t0
+    p, wall, cpu = _run_metered(cmd, rclone_env(s3))
     endpoint_cpu = _endpoint_cpu(s3) - cpu0
     text = p.stdout + p.stderr
     counts = {}
@@ -329,7 +360,7 @@ def run_rclone(fx: Fixture, s3: LocalS3, download: bool, extra: list[str]) -> Ru
         verified += counts["differences"]
     note = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
     return Run("rclone", "download" if download else "check", wall, p.returncode, verified,
-               fx.files, note, counts, endpoint_cpu)
+               fx.files, note, counts, endpoint_cpu, cpu)
 
 
 # --- reporting ------------------------------------------------------------------------
@@ -352,10 +383,10 @@ def report(name: str, ours: list[Run], theirs: list[Run], target: float) -> str:
         print(f"    evidence: {o.timings.get('verified_by')}  requests: "
               f"{o.timings.get('requests')}  small files hashed during the listing: "
               f"{o.timings.get('prehashed') or 0:,}")
-    print(f"    endpoint CPU {o.endpoint_cpu_s:.1f} s")
+    print(f"    CPU: own processes {o.cpu_s:.1f} s, endpoint {o.endpoint_cpu_s:.1f} s")
     print(f"  rclone {t.mode:13s} wall {t.wall_s:7.2f} s  content-verified "
           f"{t.verified:,}/{t.total:,}   ({t.note})")
-    print(f"    endpoint CPU {t.endpoint_cpu_s:.1f} s")
+    print(f"    CPU: own processes {t.cpu_s:.1f} s, endpoint {t.endpoint_cpu_s:.1f} s")
     if len(ours) > 1:
         print(f"  all walls: ours {[round(r.wall_s, 2) for r in ours]}, "
               f"rclone {[round(r.wall_s, 2) for r in theirs]}")
