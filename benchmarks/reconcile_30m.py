@@ -290,8 +290,9 @@ def generate(inv: Path, rows: int, nparts: int, chunk: int, procs: int, seed: in
 def _worker_peak() -> dict:
     import psutil
 
+    cpu = psutil.Process().cpu_times()
     return {"peak": peak_rss_bytes(), "rss": psutil.Process().memory_info().rss,
-            "pid": os.getpid()}
+            "pid": os.getpid(), "cpu": cpu.user + cpu.system}
 
 
 def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int,
@@ -327,12 +328,14 @@ def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int
             for k, v in (res.get("stage_s") or {}).items():
                 stages[k] = stages.get(k, 0.0) + v
 
+        before = client.run(_worker_peak)
         t0 = time.monotonic()
         P._submit_windowed(client, pending, submit, max(2, min(nparts, nthreads)), on_part)
         wall = time.monotonic() - t0
         peaks = client.run(_worker_peak)
+    cpu = sum(w["cpu"] - before[a]["cpu"] for a, w in peaks.items() if a in before)
     return {"wall": wall, "cluster_start": started, "totals": totals, "stages": stages,
-            "workers": peaks}
+            "workers": peaks, "cpu": cpu}
 
 
 # --- DuckDB -------------------------------------------------------------------------------------
@@ -344,9 +347,15 @@ DUCKDB_SCRIPT = textwrap.dedent("""
     con = duckdb.connect()
     con.execute(f"SET threads={threads}")
     con.execute("SET preserve_insertion_order=false")
+    con.execute("SET enable_progress_bar=false")
     src = f"read_parquet('{inv}/src/*/*.parquet', hive_partitioning=false)"
     dst = f"read_parquet('{inv}/dst/*/*.parquet', hive_partitioning=false)"
-    t0 = time.monotonic()
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    c0, t0 = cpu(), time.monotonic()
     con.execute(f'''
     COPY (
       SELECT coalesce(s.key, d.key) AS key, s.key_bytes, d.key AS dst_key,
@@ -360,11 +369,17 @@ DUCKDB_SCRIPT = textwrap.dedent("""
         d.checksum_algorithm AS dst_checksum_algorithm
       FROM {src} s FULL OUTER JOIN {dst} d ON s.key = d.key
     ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)''')
-    wall = time.monotonic() - t0
+    wall, used = time.monotonic() - t0, cpu() - c0
+    c0, t0 = cpu(), time.monotonic()
+    con.execute(f'''
+      SELECT count(*), count(s.key), count(d.key), count(*) FILTER (WHERE s.size <> d.size)
+      FROM {src} s FULL OUTER JOIN {dst} d ON s.key = d.key''').fetchall()
+    join_wall, join_cpu = time.monotonic() - t0, cpu() - c0
     counts = dict(con.execute(
         f"SELECT coalesce(status, 'other'), count(*) FROM read_parquet('{out}') GROUP BY 1"
     ).fetchall())
-    print(json.dumps({"wall": wall, "counts": counts,
+    print(json.dumps({"wall": wall, "cpu": used, "join_wall": join_wall, "join_cpu": join_cpu,
+                      "counts": counts,
                       "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """)
 
@@ -375,7 +390,8 @@ def run_duckdb(inv: Path, out: Path, threads: int) -> dict:
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"duckdb failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    last = p.stdout.strip().splitlines()[-1]
+    return json.loads(last[last.index("{"):])
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -383,6 +399,26 @@ def run_duckdb(inv: Path, out: Path, threads: int) -> dict:
 
 def gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
+
+
+def report_ours(ours: dict, expected: dict, rep: int) -> None:
+    """Print one run of ours: wall, CPU, stages, RSS, and the statuses against the truth."""
+    t = ours["totals"]
+    print(f"ours [{rep + 1}]: {ours['wall']:.2f} s ({ours['cpu']:.1f} CPU s in the workers) for "
+          f"{t['rows']:,} keys ({t['rows'] / ours['wall'] / 1e6:.2f} M keys/s; cluster start "
+          f"{ours['cluster_start']:.1f} s not counted), {t['requests']} S3 requests, "
+          f"{t['bytes_read_src']:,} B attributed to prehashed source digests", flush=True)
+    if ours["stages"]:
+        print("  stages (task seconds summed over partitions): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in ours["stages"].items()))
+    for addr, w in sorted(ours["workers"].items()):
+        print(f"  worker {w['pid']} {addr}: peak RSS {gb(w['peak'])}")
+    counts = t["counts"]
+    bad = {k: (counts.get(k, 0), expected.get(k, 0)) for k in set(counts) | set(expected)
+           if counts.get(k, 0) != expected.get(k, 0)}
+    print("  statuses: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+    if bad:
+        print(f"  MISMATCH with the generated truth (got, expected): {bad}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duckdb-threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--head-min-size", type=int, default=4 * MiB)
     ap.add_argument("--seed", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="alternate both sides this many times; the best of each is compared")
     ap.add_argument("--skip-duckdb", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--reuse", action="store_true",
@@ -441,44 +479,35 @@ def main(argv: list[str] | None = None) -> int:
               f"report {gen['report']:,} rows, {gen['files']:,} files per table, "
               f"{gb(size)} of Parquet ({gen.get('seconds', 0):.1f} s)", flush=True)
 
-        ours = None
-        if not args.skip_ours:
-            shutil.rmtree(run_dir / "reconciliation", ignore_errors=True)
-            with LocalS3(log_path=str(work / "moto.log")) as s3:
-                s3.client().create_bucket(Bucket=BUCKET)
-                ours = run_ours(run_dir, root, s3.url, nparts, args.workers,
-                                args.threads_per_worker, args.head_min_size)
-            t = ours["totals"]
-            print(f"ours: {ours['wall']:.2f} s for {t['rows']:,} keys "
-                  f"({t['rows'] / ours['wall'] / 1e6:.2f} M keys/s; cluster start "
-                  f"{ours['cluster_start']:.1f} s not counted), {t['requests']} S3 requests, "
-                  f"{t['bytes_read_src']:,} B attributed to prehashed source digests",
-                  flush=True)
-            if ours["stages"]:
-                print("  stages (task seconds summed over partitions): " + ", ".join(
-                    f"{k} {v:.2f}" for k, v in ours["stages"].items()))
-            for addr, w in sorted(ours["workers"].items()):
-                print(f"  worker {w['pid']} {addr}: peak RSS {gb(w['peak'])}")
-            counts = t["counts"]
-            want = gen["expected"]
-            bad = {k: (counts.get(k, 0), want.get(k, 0)) for k in set(counts) | set(want)
-                   if counts.get(k, 0) != want.get(k, 0)}
-            print("  statuses: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
-            if bad:
-                print(f"  MISMATCH with the generated truth (got, expected): {bad}")
-
-        duck = None
-        if not args.skip_duckdb:
-            duck = run_duckdb(inv, work / "duckdb.parquet", args.duckdb_threads)
-            print(f"duckdb: {duck['wall']:.2f} s ({args.duckdb_threads} threads), peak RSS "
-                  f"{gb(duck['peak'])}, listing verdicts {duck['counts']}", flush=True)
+        ours_runs: list[dict] = []
+        duck_runs: list[dict] = []
+        for rep in range(args.repeat):
+            if not args.skip_ours:
+                shutil.rmtree(run_dir / "reconciliation", ignore_errors=True)
+                with LocalS3(log_path=str(work / "moto.log")) as s3:
+                    s3.client().create_bucket(Bucket=BUCKET)
+                    ours_runs.append(run_ours(run_dir, root, s3.url, nparts, args.workers,
+                                              args.threads_per_worker, args.head_min_size))
+                report_ours(ours_runs[-1], gen["expected"], rep)
+            if not args.skip_duckdb:
+                duck_runs.append(run_duckdb(inv, work / "duckdb.parquet", args.duckdb_threads))
+                d = duck_runs[-1]
+                print(f"duckdb [{rep + 1}]: {d['wall']:.2f} s ({d['cpu']:.1f} CPU s, "
+                      f"{args.duckdb_threads} threads) FULL OUTER JOIN written to Parquet; "
+                      f"join alone (counts only) {d['join_wall']:.2f} s ({d['join_cpu']:.1f} CPU s)"
+                      f"; peak RSS {gb(d['peak'])}; listing verdicts {d['counts']}", flush=True)
 
         driver = peak_rss_bytes()
         print(f"driver (benchmark, scheduler): peak RSS {gb(driver)}")
-        if ours is not None and duck is not None:
-            peak = max([driver] + [w["peak"] for w in ours["workers"].values()])
-            print(f"RESULT reconcile_30m ours={ours['wall']:.2f} duckdb={duck['wall']:.2f} "
-                  f"ratio={ours['wall'] / duck['wall']:.2f} peak_rss_gb={peak / 1e9:.2f}")
+        if ours_runs and duck_runs:
+            ours = min(r["wall"] for r in ours_runs)
+            duck = min(r["wall"] for r in duck_runs)
+            peak = max([driver] + [w["peak"] for r in ours_runs for w in r["workers"].values()])
+            if args.repeat > 1:
+                print(f"best of {args.repeat}: ours {ours:.2f} s, duckdb {duck:.2f} s "
+                      f"(join alone {min(r['join_wall'] for r in duck_runs):.2f} s)")
+            print(f"RESULT reconcile_30m ours={ours:.2f} duckdb={duck:.2f} "
+                  f"ratio={ours / duck:.2f} peak_rss_gb={peak / 1e9:.2f}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -290,7 +290,7 @@ def test_settled_rows_equal_the_per_row_path(s3, bucket, tmp_path, monkeypatch, 
         tables[settle], counts, plan = _reconcile(ctx, prehash, settle, monkeypatch)
         if settle and metadata != "all":
             settled = plan["settled"]
-            assert settled is not None and settled.num_rows >= 50
+            assert settled is not None and settled.count >= 50
     assert tables[True].schema == tables[False].schema == S.RECONCILIATION
     bulk, rows = tables[True].to_pylist(), tables[False].to_pylist()
     assert [r["key"] for r in bulk] == [r["key"] for r in rows]

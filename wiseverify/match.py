@@ -4,11 +4,13 @@ Everything that can be decided from the two listings is decided here
 (missing, extra, size, names, skipped kinds, listing errors); the rest are
 candidates whose content must be proven by the digest stage.  Works on one
 partition at a time, so memory is bounded by the partition size.
+
+The join and every verdict are Arrow kernels over whole columns (a hash join
+on the key alone, one sort, conditions evaluated on each side's own rows):
+the pandas merge with per-row masks it replaces took seconds per partition.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -37,26 +39,33 @@ FRAME_COLS = ["key", "nkey", "key_bytes", *("src_" + c for c in SRC_COLS),
               *("dst_" + c for c in DST_COLS), "dst_rel", "name_pair"]
 
 
-@dataclass
 class Matched:
-    """One partition after the join, in key order, as columns.
+    """One partition after the join, in key order, as columns taken on demand.
 
-    ``table`` holds :data:`FRAME_COLS`; ``status`` and ``detail`` are object
-    arrays, None where content evidence must decide (``open``).  Later stages
-    decide whole column ranges at once and turn only the rows that need a
-    request or a read into a pandas frame (:meth:`frame`), so a partition of
+    The join yields, per output row, the row numbers of its source and
+    destination entries (``si``/``di``, -1 where absent); a column of the
+    matched partition (:data:`FRAME_COLS` names) is taken from its side the
+    first time a stage asks for it (:meth:`column`), and a subset of rows
+    straight from the sides (:meth:`rows`).  ``status`` and ``detail`` are
+    object arrays, None where content evidence must decide (``open``).  Later
+    stages decide whole column ranges at once and turn only the rows that need
+    a request or a read into a pandas frame (:meth:`frame`), so a partition of
     250,000 keys costs a handful of Arrow kernels, not 250,000 Python rows.
     """
 
-    table: pa.Table
-    status: np.ndarray
-    detail: np.ndarray
-    in_src: np.ndarray
-    in_dst: np.ndarray
-    open: np.ndarray  # status is None: a candidate for content evidence
+    def __init__(self, src: pa.Table, dst: pa.Table, si: np.ndarray, di: np.ndarray,
+                 keys: pa.ChunkedArray, name_pair: np.ndarray):
+        self.src, self.dst, self.si, self.di = src, dst, si, di
+        self.keys, self.name_pair = keys, name_pair
+        self.in_src, self.in_dst = si >= 0, di >= 0
+        n = len(si)
+        self.status = np.full(n, None, object)
+        self.detail = np.full(n, None, object)
+        self.open = np.ones(n, bool)  # status is None: a candidate for content evidence
+        self._cols: dict[str, pa.ChunkedArray | pa.Array] = {}
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return len(self.si)
 
     def decide(self, rows: np.ndarray, status: str, detail) -> None:
         """Set the status of ``rows`` (positions of open rows) and close them."""
@@ -64,14 +73,50 @@ class Matched:
         self.detail[rows] = detail
         self.open[rows] = False
 
+    def _get(self, name: str, si: np.ndarray, di: np.ndarray, rows: np.ndarray | None):
+        def side(table: pa.Table, col: str, idx: np.ndarray):
+            return table.column(col).take(pa.array(idx, mask=idx < 0))
+
+        if name == "key":
+            return self.keys if rows is None else self.keys.take(pa.array(rows))
+        if name == "name_pair":
+            return pa.array(self.name_pair if rows is None else self.name_pair[rows])
+        if name == "nkey":
+            return pc.coalesce(side(self.src, "nkey", si), side(self.dst, "nkey", di))
+        if name == "key_bytes":
+            return side(self.src, "key_bytes", si)
+        if name == "dst_rel":
+            return side(self.dst, "key", di)
+        if name.startswith("src_"):
+            return side(self.src, name[4:], si)
+        if name.startswith("dst_"):
+            return side(self.dst, name[4:], di)
+        raise KeyError(name)
+
+    def column(self, name: str) -> pa.ChunkedArray | pa.Array:
+        """The whole column ``name`` of the matched partition (taken once, then kept)."""
+        if name not in self._cols:
+            self._cols[name] = self._get(name, self.si, self.di, None)
+        return self._cols[name]
+
+    def rows(self, names: list[str], rows: np.ndarray) -> pa.Table:
+        """Columns ``names`` of the rows at ``rows`` only."""
+        rows = np.asarray(rows, np.int64)
+        return pa.table({c: self._get(c, self.si[rows], self.di[rows], rows) for c in names})
+
+    @property
+    def table(self) -> pa.Table:
+        """Every column of :data:`FRAME_COLS`, for all rows."""
+        return pa.table({c: self.column(c) for c in FRAME_COLS})
+
     def frame(self, rows: np.ndarray | None = None) -> pd.DataFrame:
         """The rows at ``rows`` (all by default) as the pandas frame :func:`match_partition` returns.
 
         The frame is indexed 0..len(rows)-1, in the order of ``rows``.
         """
-        table = self.table if rows is None else self.table.take(pa.array(rows, pa.int64()))
+        table = self.table if rows is None else self.rows(FRAME_COLS, rows)
         m = table.to_pandas(types_mapper=pd.ArrowDtype)
-        m["name_pair"] = table.column("name_pair").to_numpy(zero_copy_only=False).astype(bool)
+        m["name_pair"] = self.name_pair if rows is None else self.name_pair[rows]
         status = self.status if rows is None else self.status[rows]
         detail = self.detail if rows is None else self.detail[rows]
         m["status"] = pd.array(status, dtype="string")
@@ -140,7 +185,9 @@ def match_table(src: pa.Table, dst: pa.Table) -> Matched:
     skipped kinds, listing errors) gets it here; the others stay open for
     content evidence.  ``dst_rel`` is the destination key (relative to the
     prefix) the row was paired with; it differs from ``key`` only for a
-    Unicode-equivalent name pair (``name_pair``).
+    Unicode-equivalent name pair (``name_pair``).  The conditions are
+    evaluated on each side's own rows and carried over by row number, so no
+    column is taken for them.
     """
     si, di, keys = _pairs(src, dst)
     twins = _name_twins(src, dst, si, di)
@@ -153,38 +200,29 @@ def match_table(src: pa.Table, dst: pa.Table) -> Matched:
         keep[rp] = False
         si, di, name_pair = si[keep], di[keep], name_pair[keep]
         keys = keys.filter(pa.array(keep))
-    in_src, in_dst = si >= 0, di >= 0
-    s = src.select(["nkey", "key_bytes", *SRC_COLS]).take(pa.array(si, mask=~in_src))
-    d = dst.select(["key", "nkey", *DST_COLS]).take(pa.array(di, mask=~in_dst))
-    cols = {"key": keys, "nkey": pc.coalesce(s.column("nkey"), d.column("nkey")),
-            "key_bytes": s.column("key_bytes")}
-    cols.update({"src_" + c: s.column(c) for c in SRC_COLS})
-    cols.update({"dst_" + c: d.column(c) for c in DST_COLS})
-    cols["dst_rel"] = d.column("key")
-    cols["name_pair"] = pa.array(name_pair)
-    table = pa.table(cols)
-    n = table.num_rows
-    mt = Matched(table, np.full(n, None, object), np.full(n, None, object), in_src, in_dst,
-                 np.ones(n, bool))
+    mt = Matched(src, dst, si, di, keys, name_pair)
+    in_src, in_dst = mt.in_src, mt.in_dst
 
-    def where(cond) -> np.ndarray:
-        return pc.fill_null(cond, False).to_numpy(zero_copy_only=False)
+    def on_src(cond) -> np.ndarray:
+        """A condition over the source rows, per matched row (False where no source)."""
+        per_src = pc.fill_null(cond, False).to_numpy(zero_copy_only=False)
+        return in_src & per_src[si] if len(per_src) else np.zeros(len(si), bool)
 
     def values(col: str, rows: np.ndarray) -> np.ndarray:
-        return _objects(table.column(col).take(pa.array(rows)).to_pylist())
+        return _objects(mt.rows([col], rows).column(0).to_pylist())
 
     def put(mask: np.ndarray, status: str, detail) -> None:
         rows = np.flatnonzero(mask & mt.open)
         if len(rows):
             mt.decide(rows, status, detail(rows) if callable(detail) else detail)
 
-    put(in_src & where(pc.is_valid(table.column("src_error"))), S.SOURCE_ERROR,
+    put(on_src(pc.is_valid(src.column("error"))), S.SOURCE_ERROR,
         lambda r: values("src_error", r))
-    kind = table.column("src_kind")
+    kind = src.column("kind")
     for k, reason in SKIP_REASONS.items():
-        put(in_src & where(pc.equal(kind, k)), S.SKIPPED,
+        put(on_src(pc.equal(kind, k)), S.SKIPPED,
             lambda r, reason=reason: np.where(in_dst[r], reason + HAS_OBJECT, reason))
-    put(in_src & where(pc.is_valid(table.column("src_name_problem"))), S.NAME_UNMAPPABLE,
+    put(on_src(pc.is_valid(src.column("name_problem"))), S.NAME_UNMAPPABLE,
         lambda r: values("src_name_problem", r))
     put(in_src & ~in_dst, S.MISSING_IN_DEST, "no object under this key")
     put(in_dst & ~in_src, S.EXTRA_IN_DEST, "object has no source file")
@@ -193,7 +231,8 @@ def match_table(src: pa.Table, dst: pa.Table) -> Matched:
         pairs = zip(values("src_size", rows), values("dst_size", rows), strict=True)
         return _objects([f"source {a} bytes, destination {b} bytes" for a, b in pairs])
 
-    put(in_src & in_dst & where(pc.not_equal(table.column("src_size"), table.column("dst_size"))),
+    differ = pc.not_equal(mt.column("src_size"), mt.column("dst_size"))  # both kept for output
+    put(in_src & in_dst & pc.fill_null(differ, False).to_numpy(zero_copy_only=False),
         S.SIZE_MISMATCH, sizes)
     return mt
 

@@ -27,6 +27,7 @@ below the HEAD threshold and never split, so both give the same row.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,11 @@ def _np(arr) -> np.ndarray:
 
 
 def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
-    """The prehashed digests of one partition (``pipeline._known_for``'s files and order)."""
+    """The prehashed digests of one partition (``pipeline._known_for``'s files and order).
+
+    With ``_md5_hex``/``_crc_hex`` (the digests as a listing and the output
+    write them) and ``_valid`` (both digests present).
+    """
     if not prehash_dir:
         return None
     d = os.path.join(prehash_dir, f"part={part:05d}")
@@ -120,7 +125,15 @@ def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
     tables = [pq.read_table(os.path.join(d, f), columns=["key_bytes", "size", "mtime_ns", "md5",
                                                          "crc64nvme"])
               for f in names if f.endswith(".parquet")]
-    return pa.concat_tables(tables) if tables else None
+    if not tables:
+        return None
+    t = pa.concat_tables(tables).combine_chunks()
+    valid = pc.and_(pc.and_(pc.is_valid(t.column("md5")), pc.is_valid(t.column("crc64nvme"))),
+                    pc.and_(pc.is_valid(t.column("size")), pc.is_valid(t.column("mtime_ns"))))
+    crc = pc.fill_null(t.column("crc64nvme"), 0).to_numpy().astype(">u8").view(np.uint8)
+    return (t.append_column("_md5_hex", hex_rows(_fixed(t.column("md5"), 16)))
+            .append_column("_crc_hex", hex_rows(crc.reshape(-1, 8)))
+            .append_column("_valid", valid))
 
 
 def report_choice(run_dir: str, part: int, dst_rel: pa.Array, etag: pa.Array,
@@ -182,60 +195,119 @@ def report_choice(run_dir: str, part: int, dst_rel: pa.Array, etag: pa.Array,
 # --- settling ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Settled:
+    """Rows decided in bulk: ``mask`` over the matched partition, and their columns.
+
+    ``columns`` holds every name of :data:`COLUMNS` at full partition length,
+    null outside ``mask``.
+    """
+
+    mask: np.ndarray
+    columns: dict[str, pa.Array | pa.ChunkedArray]
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+
+def _null(typ: pa.DataType) -> pa.Scalar:
+    return pa.scalar(None, typ)
+
+
 def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str, metadata: str,
-           head_min_size: int, prehash_dir: str | None) -> pa.Table | None:
+           head_min_size: int, prehash_dir: str | None) -> Settled | None:
     """Decide the open rows at ``rows`` that need no request and no read.
 
-    Returns a table with ``_pos`` (the row's position in ``mt``) and the
-    :data:`COLUMNS` the per-row path would have given it, or None when no row
-    can be settled.  ``mode``/``metadata``/``head_min_size`` are the run's.
+    Returns the rows and the :data:`COLUMNS` values the per-row path would have
+    given them, or None when no row can be settled.  ``mode``/``metadata``/
+    ``head_min_size`` are the run's.  Works on whole columns of the partition:
+    taking the open rows out first would copy almost all of it.
     """
     if mode != "stored" or metadata == "all" or not len(rows):
         return None
-    c = mt.table.select(["key_bytes", "src_size", "src_mtime_ns", "dst_rel", "dst_etag",
-                         "dst_checksum_algorithm"]).take(pa.array(rows, pa.int64()))
-    c = c.combine_chunks()
-    n = len(rows)
-    etag = pc.fill_null(c.column("dst_etag"), "").combine_chunks()
-    multipart = _np(pc.match_substring(etag, "-"))
-    md5_etag = _np(pc.match_substring_regex(etag, MD5_PATTERN))
-    algos = _np(pc.match_substring_regex(pc.fill_null(c.column("dst_checksum_algorithm"), ""),
-                                         "[^,]"))
-    size = pc.fill_null(c.column("src_size"), -1).to_numpy()
+    n = len(mt)
+    cand = np.zeros(n, bool)
+    cand[rows] = True
+    etag = pc.fill_null(mt.column("dst_etag"), "")
+    size_col = mt.column("src_size")
+    size = pc.fill_null(size_col, -1).to_numpy()
     # rows without these facts fail in the per-row path as they always did
-    has_size = _np(pc.is_valid(c.column("src_size")))
-    facts = has_size & _np(pc.is_valid(c.column("src_mtime_ns")))
+    has_size = cand & _np(pc.is_valid(size_col))
+    facts = has_size & _np(pc.is_valid(mt.column("src_mtime_ns")))
+
+    # source digests first: an ETag equal to the file's MD5 is a single-part MD5 ETag,
+    # so the (slow) pattern matching is left to the few rows where it differs
+    known = known_table(prehash_dir, part)
+    at = _known_rows(mt, known, facts, size) if known is not None else np.full(n, -1)
+    by_at = pa.array(at, mask=at < 0)
+    md5_hex = crc_hex = pa.nulls(n, pa.string())
+    if known is not None and (at >= 0).any():
+        md5_hex = known.column("_md5_hex").take(by_at)
+        crc_hex = known.column("_crc_hex").take(by_at)
+    same = _np(pc.equal(md5_hex, pc.ascii_lower(etag)))
+    multipart, md5_etag = np.zeros(n, bool), same.copy()
+    rest = np.flatnonzero(cand & ~same)
+    if len(rest):
+        other = etag.take(pa.array(rest))
+        multipart[rest] = _np(pc.match_substring(other, "-"))
+        md5_etag[rest] = _np(pc.match_substring_regex(other, MD5_PATTERN))
+    algos = np.zeros(n, bool)
+    listed = np.flatnonzero(cand & _np(pc.is_valid(mt.column("dst_checksum_algorithm"))))
+    if len(listed):
+        algos[listed] = _np(pc.match_substring_regex(
+            mt.column("dst_checksum_algorithm").take(pa.array(listed)), "[^,]"))
     want_head = algos & (multipart | (size >= head_min_size) | ~md5_etag)
 
-    rep = report_choice(run_dir, part, c.column("dst_rel").combine_chunks(), etag, multipart)
+    rep = report_choice(run_dir, part, mt.column("dst_rel"), etag, multipart & cand)
     has_rep = np.zeros(n, bool)
     rep_known = np.zeros(n, bool)
     if rep is not None:
+        keep = cand[rep["rows"]]
+        rep = {k: (v[keep] if k == "rows" else v.filter(pa.array(keep))) for k, v in rep.items()}
         has_rep[rep["rows"]] = True
         rep_known[rep["rows"][_np(pc.is_in(rep["algo"], value_set=pa.array(KNOWN_ALGOS)))]] = True
-    by_etag = ~has_rep & ~want_head & ~multipart
-    etag_md5 = by_etag & md5_etag & facts
+    by_etag = cand & ~has_rep & ~want_head & ~multipart
 
-    out: list[pa.Table] = []
-    known = known_table(prehash_dir, part) if (etag_md5.any() or rep_known.any()) else None
-    if known is not None and known.num_rows:
-        at = _known_rows(c, known, etag_md5 | (rep_known & facts))
-        ok = np.flatnonzero(etag_md5 & (at >= 0))
-        if len(ok):
-            out.append(_etag_md5_rows(c, known, rows, ok, at[ok], etag))
-        ok = np.flatnonzero(rep_known & facts & (at >= 0))
-        if len(ok):
-            out.append(_report_rows(c, known, rows, ok, at[ok], etag, rep))
+    # the bulk: single-part objects whose ETag is the source MD5 - MATCH by etag-md5.  An MD5
+    # that differs is checked for SSE-KMS/SSE-C by a HeadObject: left to the per-row path.
+    etag_md5 = by_etag & same & facts
+    m = pa.array(etag_md5)
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {
+        "status": pc.if_else(m, S.MATCH, _null(pa.string())),
+        "detail": pa.nulls(n, pa.string()),
+        "verified_by": pc.if_else(m, "etag-md5", _null(pa.string())),
+        "dst_parts": pc.if_else(m, pa.scalar(1, pa.int32()), _null(pa.int32())),
+        "dst_checksum_algorithm": pa.nulls(n, pa.string()),
+        "dst_checksum_type": pa.nulls(n, pa.string()),
+        "dst_checksum": pc.if_else(m, md5_hex, _null(pa.string())),
+        "src_digest": pc.if_else(m, md5_hex, _null(pa.string())),
+        "src_crc64nvme": pc.if_else(m, crc_hex, _null(pa.string())),
+        "bytes_read_src": pc.if_else(m, size_col, _null(pa.int64())),
+    }
+    # the few others: report values and ETags that cannot be an MD5
+    few: list[pa.Table] = []
+    ok = np.flatnonzero(rep_known & facts & (at >= 0))
+    if len(ok):
+        few.append(_report_rows(mt, known, at[ok], ok, etag, rep))
     unv = np.flatnonzero(by_etag & ~md5_etag & has_size)
     if len(unv):
-        texts = [UNVERIFIED_ETAG.format(e) for e in c.column("dst_etag").take(pa.array(unv))
-                 .to_pylist()]
+        texts = [UNVERIFIED_ETAG.format(e) for e in
+                 mt.column("dst_etag").take(pa.array(unv)).to_pylist()]
         k = len(unv)
-        out.append(_table(rows[unv], status=pa.array([S.UNVERIFIED] * k, pa.string()),
+        few.append(_table(unv, status=pa.array([S.UNVERIFIED] * k, pa.string()),
                           detail=pa.array(texts, pa.string()),
                           dst_parts=pa.array(np.ones(k, np.int32))))
-    out = [t for t in out if t.num_rows]
-    return pa.concat_tables(out) if out else None
+    mask = etag_md5.copy()
+    if few:
+        t = pa.concat_tables(few)
+        pos = t.column("_pos").to_numpy()
+        mask[pos] = True
+        idx = np.full(n, -1, np.int64)
+        idx[pos] = np.arange(len(pos))
+        spread = t.drop_columns(["_pos"]).take(pa.array(idx, mask=idx < 0))
+        cols = {c: pc.coalesce(cols[c], spread.column(c)) for c in COLUMNS}
+    return Settled(mask, cols) if mask.any() else None
 
 
 def _table(pos: np.ndarray, **cols) -> pa.Table:
@@ -246,75 +318,49 @@ def _table(pos: np.ndarray, **cols) -> pa.Table:
                         for name, t in COLUMNS.items()}})
 
 
-def _known_rows(c: pa.Table, known: pa.Table, need: np.ndarray) -> np.ndarray:
-    """Row of ``known`` holding each candidate's digests for its listed size and mtime, or -1.
+def _known_rows(mt: Matched, known: pa.Table, need: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Row of ``known`` holding each row's digests for its listed size and mtime, or -1.
 
     The last entry of a path wins, as in the dict ``pipeline._known_for`` builds.
     """
-    at = np.full(c.num_rows, -1, np.int64)
-    rows = np.flatnonzero(need)
+    n = len(mt)
+    at = np.full(n, -1, np.int64)
+    if not known.num_rows or not need.any():
+        return at
     rev = known.column("key_bytes").combine_chunks()[::-1]
-    hit = pc.index_in(c.column("key_bytes").take(pa.array(rows)), value_set=rev)
-    found = _np(pc.is_valid(hit))
-    rows = rows[found]
-    k = len(rev) - 1 - np.asarray(hit.filter(pa.array(found)).to_numpy(), np.int64)
-    kt = known.take(pa.array(k))
-    same = _np(pc.and_(pc.and_(
-        pc.equal(kt.column("size"), c.column("src_size").take(pa.array(rows))),
-        pc.equal(kt.column("mtime_ns"), c.column("src_mtime_ns").take(pa.array(rows)))),
-        pc.and_(pc.is_valid(kt.column("md5")), pc.is_valid(kt.column("crc64nvme")))))
-    at[rows[same]] = k[same]
+    hit = pc.index_in(mt.column("key_bytes"), value_set=rev)
+    k = len(rev) - 1 - pc.fill_null(hit, len(rev)).to_numpy().astype(np.int64)
+    ok = need & (k >= 0)
+    kk = np.where(ok, k, 0)
+    mtime = pc.fill_null(mt.column("src_mtime_ns"), -1).to_numpy()
+    ksize = pc.fill_null(known.column("size"), -2).to_numpy()
+    kmtime = pc.fill_null(known.column("mtime_ns"), -2).to_numpy()
+    ok &= (ksize[kk] == size) & (kmtime[kk] == mtime) & _np(known.column("_valid"))[kk]
+    at[ok] = k[ok]
     return at
 
 
-def _digests(known: pa.Table, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 16) MD5 and (n, 8) big-endian CRC64NVME bytes of ``known`` rows ``at``."""
-    kt = known.select(["md5", "crc64nvme"]).take(pa.array(at))
-    md5 = _fixed(kt.column("md5"), 16)
-    crc = kt.column("crc64nvme").to_numpy().astype(">u8").view(np.uint8).reshape(-1, 8)
-    return md5, crc
-
-
-def _etag_md5_rows(c: pa.Table, known: pa.Table, rows: np.ndarray, ok: np.ndarray,
-                   at: np.ndarray, etag: pa.Array) -> pa.Table:
-    """Single-part objects whose ETag equals the source MD5: MATCH by ``etag-md5``.
-
-    An ETag that differs is left open: the per-row path asks S3 whether the
-    object is SSE-KMS/SSE-C encrypted (its ETag is then not an MD5).
-    """
-    md5, crc = _digests(known, at)
-    got = hex_rows(md5)
-    expected = pc.utf8_lower(etag.take(pa.array(ok)))
-    same = _np(pc.equal(got, expected))
-    k = int(same.sum())
-    keep = pa.array(same)
-    return _table(rows[ok[same]], status=pa.array([S.MATCH] * k, pa.string()),
-                  verified_by=pa.array(["etag-md5"] * k, pa.string()),
-                  dst_parts=pa.array(np.ones(k, np.int32)),
-                  dst_checksum=expected.filter(keep), src_digest=got.filter(keep),
-                  src_crc64nvme=hex_rows(crc[same]),
-                  bytes_read_src=c.column("src_size").take(pa.array(ok[same])))
-
-
-def _report_rows(c: pa.Table, known: pa.Table, rows: np.ndarray, ok: np.ndarray,
-                 at: np.ndarray, etag: pa.Array, rep: dict) -> pa.Table:
+def _report_rows(mt: Matched, known: pa.Table, at: np.ndarray, ok: np.ndarray, etag,
+                 rep: dict) -> pa.Table:
     """Objects with a report value in a known digest: MATCH or CONTENT_MISMATCH by its algorithm."""
-    md5, crc = _digests(known, at)
-    idx = np.full(c.num_rows, -1, np.int64)
+    idx = np.full(len(mt), -1, np.int64)
     idx[rep["rows"]] = np.arange(len(rep["rows"]))
     sel = pa.array(idx[ok])
     algo, expected = rep["algo"].take(sel), rep["expected"].take(sel)
     note = rep["note"].take(sel)
+    kt = known.select(["md5", "crc64nvme"]).take(pa.array(at))
+    md5 = _fixed(kt.column("md5"), 16)
+    crc = kt.column("crc64nvme").to_numpy().astype(">u8").view(np.uint8).reshape(-1, 8)
     got = pc.if_else(pc.equal(algo, "crc64nvme"), b64_rows(crc), b64_rows(md5))
     same = pc.equal(got, expected)
     mismatch = pc.binary_join_element_wise(algo, ": source ", got, " != destination ", expected,
                                            " (", note, ")", "")
-    return _table(rows[ok], status=pc.if_else(same, S.MATCH, S.CONTENT_MISMATCH),
+    return _table(ok, status=pc.if_else(same, S.MATCH, S.CONTENT_MISMATCH),
                   detail=pc.if_else(same, note, mismatch), verified_by=algo,
                   dst_parts=_etag_parts(etag.take(pa.array(ok))), dst_checksum_algorithm=algo,
                   dst_checksum_type=rep["ctype"].take(sel), dst_checksum=expected,
                   src_digest=got, src_crc64nvme=hex_rows(crc),
-                  bytes_read_src=c.column("src_size").take(pa.array(ok)))
+                  bytes_read_src=mt.column("src_size").take(pa.array(ok)))
 
 
 def _etag_parts(etag: pa.Array) -> pa.Array:
