@@ -43,12 +43,14 @@ def write_atomic(table: pa.Table, path: str | os.PathLike,
     """Write a Parquet file under a temp name and rename it, so readers never see half a file.
 
     ``use_dictionary`` may name the low-cardinality columns: dictionary-encoding
-    attempts on unique keys cost more than the rest of the write.
+    attempts on unique keys cost more than the rest of the write.  zstd level 1,
+    as for the reconciliation output: higher levels gain nothing on keys.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd", use_dictionary=use_dictionary)
+    pq.write_table(table, tmp, compression="zstd", compression_level=1,
+                   use_dictionary=use_dictionary)
     os.replace(tmp, path)
 
 

@@ -55,7 +55,10 @@ class Matched:
 
     def __init__(self, src: pa.Table, dst: pa.Table, si: np.ndarray, di: np.ndarray,
                  keys: pa.ChunkedArray, name_pair: np.ndarray):
-        self.src, self.dst, self.si, self.di = src, dst, si, di
+        # one contiguous chunk per column: a take from a chunked column first
+        # resolves every index to its chunk, which cost more than this copy
+        self.src, self.dst = src.combine_chunks(), dst.combine_chunks()
+        self.si, self.di = si, di
         self.keys, self.name_pair = keys, name_pair
         self.in_src, self.in_dst = si >= 0, di >= 0
         n = len(si)
@@ -63,6 +66,7 @@ class Matched:
         self.detail = np.full(n, None, object)
         self.open = np.ones(n, bool)  # status is None: a candidate for content evidence
         self._cols: dict[str, pa.ChunkedArray | pa.Array] = {}
+        self._index: dict[int, pa.Array] = {}
 
     def __len__(self) -> int:
         return len(self.si)
@@ -75,7 +79,13 @@ class Matched:
 
     def _get(self, name: str, si: np.ndarray, di: np.ndarray, rows: np.ndarray | None):
         def side(table: pa.Table, col: str, idx: np.ndarray):
-            return table.column(col).take(pa.array(idx, mask=idx < 0))
+            if rows is None:  # the whole partition: the same index array for every column
+                at = self._index.get(id(idx))
+                if at is None:
+                    at = self._index[id(idx)] = pa.array(idx, mask=idx < 0)
+            else:
+                at = pa.array(idx, mask=idx < 0)
+            return table.column(col).take(at)
 
         if name == "key":
             return self.keys if rows is None else self.keys.take(pa.array(rows))
@@ -134,15 +144,20 @@ def _objects(items: list) -> np.ndarray:
 def _pairs(src: pa.Table, dst: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.ChunkedArray]:
     """Source and destination row numbers (-1: absent) of each key, in key order; and the keys.
 
-    A hash join on the key alone (Arrow's, in C++), then one sort: the payload
-    columns are taken once, afterwards, instead of travelling through the join.
+    A hash join on the key alone (Arrow's, in C++), then one sort on the key
+    (the row numbers break ties only when a key repeats): the payload columns
+    are taken once, afterwards, instead of travelling through the join.
     Duplicate keys on a side pair as in any full outer join (every combination).
     """
     ks = pa.table({"key": src.column("key"), "_si": pa.array(np.arange(src.num_rows))})
     kd = pa.table({"key": dst.column("key"), "_di": pa.array(np.arange(dst.num_rows))})
     j = ks.join(kd, keys="key", join_type="full outer", coalesce_keys=True)
-    j = j.take(pc.sort_indices(j, [("key", "ascending"), ("_si", "ascending"),
-                                   ("_di", "ascending")]))
+    j = j.take(pc.sort_indices(j.column("key")))
+    keys = j.column("key")
+    if len(keys) > 1 and pc.any(pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py():
+        # a key on a side twice (rare): pairs in row order, so every run gives the same table
+        j = j.take(pc.sort_indices(j, [("key", "ascending"), ("_si", "ascending"),
+                                       ("_di", "ascending")]))
     si = pc.fill_null(j.column("_si"), -1).to_numpy()
     di = pc.fill_null(j.column("_di"), -1).to_numpy()
     return np.array(si, np.int64), np.array(di, np.int64), j.column("key")

