@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cores = default_workers()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="wv-digest-", dir=args.workdir))
     print(f"workdir {base}  (cores {cores}, {_load()})", flush=True)
     lines: list[str] = []

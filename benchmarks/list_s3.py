@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for k, v in FAKE_CREDENTIALS.items():
         os.environ.setdefault(k, v)
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="wv-list-", dir=args.workdir))
     print(f"workdir {base}  (cpus {os.cpu_count()}, {_load()})", flush=True)
     lines: list[str] = []

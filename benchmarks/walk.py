@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="--max-metadata-ops for the capped slow run")
     args = ap.parse_args(argv)
 
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="wv-walk-", dir=args.workdir))
     print(f"workdir {base}  (cpus {os.cpu_count()}, {_load()})", flush=True)
     lines: list[str] = []
