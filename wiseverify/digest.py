@@ -24,8 +24,12 @@ import stat as statmod
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from awscrt import checksums as crc
+
+if TYPE_CHECKING:
+    from .getrange import RangeGetter
 
 CRC_FUNCS = {"crc32": crc.crc32, "crc32c": crc.crc32c, "crc64nvme": crc.crc64nvme}
 CRC_COMBINE = {
@@ -427,8 +431,15 @@ def hash_source_range(r: RangeTask) -> dict:
 # --- destination ranges (readback) -------------------------------------------------------
 
 
-async def hash_object_range(client, bucket: str, r: RangeTask) -> dict:
-    """GET one byte range of an object and hash it the same way as the source range."""
+async def hash_object_range(client, bucket: str, r: RangeTask,
+                            getter: RangeGetter | None = None) -> dict:
+    """GET one byte range of an object and hash it the same way as the source range.
+
+    With a :class:`~wiseverify.getrange.RangeGetter` the range is first fetched
+    with one locally signed request; whatever that path does not confirm
+    (errors, resets, short bodies) is repeated through botocore, whose retries
+    and error texts stay the reference.
+    """
     from .s3 import error_text
 
     item = r.item
@@ -438,6 +449,15 @@ async def hash_object_range(client, bucket: str, r: RangeTask) -> dict:
     if r.length == 0:
         out.update(h.finish(at_eof=True))
         return out
+    if getter is not None:
+        meta = await getter.get(item.dst_key, r.offset, r.length, h.update)
+        if meta is not None:
+            if r.offset == 0:
+                out["metadata"] = meta
+            out["bytes"] = r.length
+            out.update(h.finish(at_eof=r.offset + r.length == item.size))
+            return out
+        h = StreamHasher(item.spec, r.offset)  # it may have seen part of the range
     try:
         resp = await client.get_object(
             Bucket=bucket, Key=item.dst_key, Range=f"bytes={r.offset}-{r.offset + r.length - 1}"
@@ -467,21 +487,25 @@ def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
     """Execute one work unit: source ranges, plus object ranges when ``target`` is given.
 
     Object GETs run on s3fs' event loop while this thread hashes the source, so
-    readback overlaps network and disk.
+    readback overlaps network and disk.  They go out as locally signed requests
+    (:mod:`wiseverify.getrange`) where the client allows it: botocore's
+    per-request pipeline cost more CPU than the transfer of a small object.
     """
     dst_future = None
     if target is not None:
         import asyncio
 
+        from .getrange import RangeGetter
         from .inventory import use_fast_timestamps
         from .s3 import gather_limited
 
         async def _all():
             client = await target.client()
-            use_fast_timestamps(target)  # every GET parses a Last-Modified header
+            use_fast_timestamps(target)  # every botocore GET parses a Last-Modified header
+            getter = await RangeGetter.for_client(client, target.bucket)
             return await gather_limited(
                 unit.ranges,
-                lambda r: hash_object_range(client, target.bucket, r),
+                lambda r: hash_object_range(client, target.bucket, r, getter),
                 get_concurrency,
             )
 
