@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import schema as S
@@ -129,12 +130,12 @@ def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
         return None
     d = os.path.join(prehash_dir, f"part={part:05d}")
     names = sorted(os.listdir(d)) if os.path.isdir(d) else []
-    tables = [pq.read_table(os.path.join(d, f), columns=["key_bytes", "size", "mtime_ns", "md5",
-                                                         "crc64nvme"])
-              for f in names if f.endswith(".parquet")]
-    if not tables:
+    files = [os.path.join(d, f) for f in names if f.endswith(".parquet")]
+    if not files:
         return None
-    t = pa.concat_tables(tables).combine_chunks()
+    # one dataset: the files decode on Arrow's threads, in this order (the last entry wins)
+    t = ds.dataset(files, format="parquet").to_table(
+        columns=["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"]).combine_chunks()
     valid = pc.and_(pc.and_(pc.is_valid(t.column("md5")), pc.is_valid(t.column("crc64nvme"))),
                     pc.and_(pc.is_valid(t.column("size")), pc.is_valid(t.column("mtime_ns"))))
     crc = pc.fill_null(t.column("crc64nvme"), 0).to_numpy().astype(">u8").view(np.uint8)
