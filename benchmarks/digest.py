@@ -40,30 +40,20 @@ Run: ``.venv/bin/python benchmarks/digest.py [--workdir DIR] [--keep]``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _bench import clean_up, load, load_kv, make_workdir, print_results
 
 from wiseverify import digest as D
 from wiseverify.cluster import default_workers, open_client
 
 MiB = 1 << 20
 PART = 8 * MiB  # the aws cli / boto3 default part size
-
-
-def _load() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.2f} {b:.2f} {c:.2f}"
-
-
-def _load_kv() -> str:
-    return "load=" + "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def build(root: Path, files: int, size: int) -> list[Path]:
@@ -215,10 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cores = default_workers()
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="wv-digest-", dir=args.workdir))
-    print(f"workdir {base}  (cores {cores}, {_load()})", flush=True)
+    base = make_workdir("wv-digest-", args.workdir)
+    print(f"workdir {base}  (cores {cores}, {load()})", flush=True)
     lines: list[str] = []
     try:
         t0 = time.monotonic()
@@ -253,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                     if i == 0:
                         check(items[c], folded, c)
                     ours[c] = total / wall
-                rounds.append((rd, rates, ours, _load()))
+                rounds.append((rd, rates, ours, load()))
                 print(f"  round {i + 1}: read " + ", ".join(f"{k} {v / 1e9:.2f}"
                                                            for k, v in rd.items())
                       + " GB/s; one core: " + ", ".join(f"{a} {r / 1e9:.2f}"
@@ -262,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                       + f" GB/s  [{rounds[-1][3]}]", flush=True)
         print(f"\n== digest stage, {total / 1e9:.2f} GB of large files in the page cache, "
               f"{len(info)} worker processes x {args.threads_per_worker} threads on {cores} "
-              f"cores  [{_load()}]")
+              f"cores  [{load()}]")
         print("   limit = min(read rate: the best plain read, cores x one core's rate for "
               "all the digests the case needs); per round, then over all rounds")
         summary = {}
@@ -270,19 +258,19 @@ def main(argv: list[str] | None = None) -> int:
             spec = items[c][0].spec
             digests = "+".join([*spec.whole, *(f"{a}/part" for a in spec.parts)])
             per_round = []
-            for rd, rates, ours, load in rounds:
+            for rd, rates, ours, at_load in rounds:
                 read = max(rd.values())
                 hashl = cores * spec_rate(spec, rates)
-                per_round.append((ours[c], min(read, hashl), read, hashl, load))
+                per_round.append((ours[c], min(read, hashl), read, hashl, at_load))
             best = max(per_round, key=lambda r: r[0] / r[1])
             o_best = max(r[0] for r in per_round)
             l_best = max(r[1] for r in per_round)
             summary[c] = (best[0], best[1], best[0] / best[1], o_best / l_best)
             print(f"  {c} ({digests}, {nunits[c]} units of <= 256 MiB):")
-            for k, (o, lim, read, hashl, load) in enumerate(per_round, 1):
+            for k, (o, lim, read, hashl, at_load) in enumerate(per_round, 1):
                 print(f"    round {k}: ours {o / 1e9:5.2f} GB/s, limit min(read {read / 1e9:.2f}, "
                       f"{cores} x {hashl / cores / 1e9:.2f} = {hashl / 1e9:.2f}) = "
-                      f"{lim / 1e9:.2f} GB/s, ratio {o / lim:.3f}  [{load}]")
+                      f"{lim / 1e9:.2f} GB/s, ratio {o / lim:.3f}  [{at_load}]")
             print(f"    best round ratio {best[0] / best[1]:.3f}; best ours / best limit "
                   f"{o_best / 1e9:.2f} / {l_best / 1e9:.2f} = {o_best / l_best:.3f} -> "
                   f"{'OK' if best[0] / best[1] >= 0.8 else 'BELOW 0.8'}; per worker process "
@@ -290,21 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         m = summary["etag-multipart"]
         lines.append(f"RESULT digest_etag_multipart ours={m[0] / 1e9:.2f} limit={m[1] / 1e9:.2f} "
                      f"ratio={m[2]:.3f} ratio_of_bests={m[3]:.3f} GB={total / 1e9:.2f} "
-                     f"{_load_kv()}")
+                     f"{load_kv()}")
         c = summary["crc64nvme"]
         lines.append(f"RESULT digest ours={c[0] / 1e9:.2f} limit={c[1] / 1e9:.2f} "
                      f"ratio={c[2]:.3f} ratio_of_bests={c[3]:.3f} GB={total / 1e9:.2f} "
-                     f"cores={cores} etag_multipart_ratio={m[2]:.3f} {_load_kv()}")
+                     f"cores={cores} etag_multipart_ratio={m[2]:.3f} {load_kv()}")
     finally:
-        if args.keep:
-            print(f"\nkept {base}")
-        else:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(base)
-    print(f"\n({_load()})")
-    for line in lines:
-        print(line, flush=True)
-    return 0
+        clean_up(base, args.keep)
+    return print_results(lines)
 
 
 if __name__ == "__main__":

@@ -36,16 +36,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import contextlib
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _bench import clean_up, load, load_kv, make_workdir, print_results
 
 from wiseverify.cluster import open_client
 from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3
@@ -55,15 +55,6 @@ from wiseverify.s3 import S3Target
 BUCKET = "list-bench"
 PREFIX = "data/"
 REMOTE = "WVLIST"
-
-
-def _load() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.2f} {b:.2f} {c:.2f}"
-
-
-def _load_kv() -> str:
-    return "load=" + "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _endpoint_cpu(s3: LocalS3) -> float:
@@ -180,10 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for k, v in FAKE_CREDENTIALS.items():
         os.environ.setdefault(k, v)
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="wv-list-", dir=args.workdir))
-    print(f"workdir {base}  (cpus {os.cpu_count()}, {_load()})", flush=True)
+    base = make_workdir("wv-list-", args.workdir)
+    print(f"workdir {base}  (cpus {os.cpu_count()}, {load()})", flush=True)
     lines: list[str] = []
     try:
         with LocalS3(log_path=str(base / "moto.log")) as s3:
@@ -193,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fixture: {len(inside):,} objects under s3://{BUCKET}/{PREFIX} in "
                   f"{args.top} x {args.sub} prefixes, {len(beside):,} beside it; uploaded "
                   f"from {args.threads} threads in {secs:.1f} s "
-                  f"({(len(inside) + len(beside)) / secs:,.0f} PUT/s)  [{_load()}]", flush=True)
+                  f"({(len(inside) + len(beside)) / secs:,.0f} PUT/s)  [{load()}]", flush=True)
             target = S3Target.parse(f"s3://{BUCKET}/{PREFIX}", endpoint_url=s3.url)
             spool = base / "spool"
             t0 = time.monotonic()
@@ -213,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  run {i + 1}: ours {wall:.2f} s ({res['count']:,} objects, "
                           f"{res['requests']} requests, {res['tasks']} tasks), rclone lsf -R "
                           f"{plain[-1][0]:.2f} s, with --fast-list {fast[-1][0]:.2f} s  "
-                          f"[{_load()}]", flush=True)
+                          f"[{load()}]", flush=True)
                     for name, (_, n, _, _) in (("rclone", plain[-1]), ("rclone --fast-list",
                                                                         fast[-1])):
                         if n != len(inside):
@@ -227,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             best_name, bw = ("rclone lsf -R --fast-list", fw) if fw < pw else ("rclone lsf -R", pw)
             ratio = ow / bw
             print(f"\n== destination listing, {len(inside):,} objects, best of {args.repeat}  "
-                  f"[{_load()}]")
+                  f"[{load()}]")
             n = ores["count"]
             print(f"  wiseverify list_dest       wall {ow:6.2f} s  endpoint CPU {ocpu:5.1f} s  "
                   f"client CPU {ocli:5.2f} s ({ores['requests']} ListObjectsV2 requests, "
@@ -246,17 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"objects={ores['count']} rclone_plain={pw:.2f} "
                          f"rclone_fast_list={fw:.2f} requests={ores['requests']} "
                          f"client_cpu_s={ocli:.2f} objects_per_cpu_s={n / max(ocli, 1e-9):.0f} "
-                         f"{_load_kv()}")
+                         f"{load_kv()}")
     finally:
-        if args.keep:
-            print(f"\nkept {base}")
-        else:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(base)
-    print(f"\n({_load()})")
-    for line in lines:
-        print(line, flush=True)
-    return 0
+        clean_up(base, args.keep)
+    return print_results(lines)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from _bench import clean_up, load, make_workdir, print_results
 
 from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3, put_multipart
 
@@ -258,11 +259,6 @@ def _run_metered(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
     return res, wall, sum(seen.values())
 
 
-def _load() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.2f} {b:.2f} {c:.2f}"
-
-
 def _venv_bin(name: str) -> str:
     cand = Path(sys.executable).parent / name
     if cand.exists():
@@ -280,7 +276,7 @@ def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -
     cmd += ["verify", str(fx.root), f"s3://{BUCKET}/{PREFIX}", "--out", str(out),
             "--endpoint-url", s3.url, "--mode", mode, *extra]
     env = dict(os.environ, **FAKE_CREDENTIALS)
-    print(f"\n$ {' '.join(cmd)}   [{_load()}]", flush=True)
+    print(f"\n$ {' '.join(cmd)}   [{load()}]", flush=True)
     cpu0 = _endpoint_cpu(s3)
     p, wall, cpu = _run_metered(cmd, env)
     endpoint_cpu = _endpoint_cpu(s3) - cpu0
@@ -339,7 +335,7 @@ def run_rclone(fx: Fixture, s3: LocalS3, download: bool, extra: list[str]) -> Ru
     if download:
         cmd.append("--download")
     cmd += extra
-    print(f"\n$ {' '.join(cmd)}   [{_load()}]", flush=True)
+    print(f"\n$ {' '.join(cmd)}   [{load()}]", flush=True)
     cpu0 = _endpoint_cpu(s3)
     p, wall, cpu = _run_metered(cmd, rclone_env(s3))
     endpoint_cpu = _endpoint_cpu(s3) - cpu0
@@ -417,10 +413,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for k, v in FAKE_CREDENTIALS.items():
         os.environ.setdefault(k, v)
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="wv-bench-", dir=args.workdir))
-    print(f"workdir {base}  (cpus {os.cpu_count()}, {_load()})", flush=True)
+    base = make_workdir("wv-bench-", args.workdir)
+    print(f"workdir {base}  (cpus {os.cpu_count()}, {load()})", flush=True)
     lines: list[str] = []
     try:
         with LocalS3(log_path=str(base / "moto.log")) as s3:
@@ -450,15 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(report("verify_vs_rclone_readback", ours_rb, theirs_rb, 0.7))
             lines.append(stored_line)
     finally:
-        if args.keep:
-            print(f"\nkept {base}")
-        else:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(base)
-    print(f"\n({_load()})")
-    for line in lines:
-        print(line, flush=True)
-    return 0
+        clean_up(base, args.keep)
+    return print_results(lines)
 
 
 if __name__ == "__main__":

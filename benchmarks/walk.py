@@ -36,15 +36,15 @@ Run: ``.venv/bin/python benchmarks/walk.py [--workdir DIR] [--keep]``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _bench import clean_up, load, load_kv, make_workdir, print_results
 
 from wiseverify.cluster import open_client
 from wiseverify.pipeline import walk_source
@@ -52,15 +52,6 @@ from wiseverify.pipeline import walk_source
 DEEP_FANOUT = 6  # directories per level in the deep part, four levels
 FLAT_DIRS = 10
 FLAT_ENTRIES = 10_000
-
-
-def _load() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.2f} {b:.2f} {c:.2f}"
-
-
-def _load_kv() -> str:
-    return "load=" + "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def build_tree(root: Path, files: int, huge: int) -> dict:
@@ -154,7 +145,7 @@ def compare(client, root: Path, spool: Path, repeat: int, counts: dict | None,
         ours.append((wall, cpu))
         print(f"  run {i + 1}: find {finds[-1][0]:.2f} s ({finds[-1][1]:.2f} CPU s), "
               f"ours {wall:.2f} s ({cpu:.2f} CPU s in the workers), "
-              f"{res['count']:,} entries, {res['tasks']} tasks  [{_load()}]", flush=True)
+              f"{res['count']:,} entries, {res['tasks']} tasks  [{load()}]", flush=True)
         if counts is not None and res["count"] != counts["files"]:
             raise SystemExit(f"walk found {res['count']:,} entries, the tree has "
                              f"{counts['files']:,}")
@@ -166,7 +157,7 @@ def compare(client, root: Path, spool: Path, repeat: int, counts: dict | None,
 def slow_series(client, root: Path, spool: Path, delay_us: float, cap: float) -> list[str]:
     """Throughput of the walk against a simulated slow metadata server."""
     print(f"\n== slow metadata server: {delay_us:.0f} us slept before every metadata "
-          f"operation, subtree {root}  [{_load()}]")
+          f"operation, subtree {root}  [{load()}]")
     print("   one walk task at a time (window 1), so the concurrency is the task's lstat threads")
     print(f"   {'threads':>8} {'files':>7} {'ops':>7} {'wall s':>7} {'ops/s':>8} {'files/s':>8}"
           f" {'speedup':>7}")
@@ -207,10 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="--max-metadata-ops for the capped slow run")
     args = ap.parse_args(argv)
 
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="wv-walk-", dir=args.workdir))
-    print(f"workdir {base}  (cpus {os.cpu_count()}, {_load()})", flush=True)
+    base = make_workdir("wv-walk-", args.workdir)
+    print(f"workdir {base}  (cpus {os.cpu_count()}, {load()})", flush=True)
     lines: list[str] = []
     try:
         if args.tree:
@@ -246,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  ("a session per process", own)):
                 ratio = ow / fw
                 print(f"\n== source walk, warm cache, best of {args.repeat}, {label}  "
-                      f"[{_load()}]")
+                      f"[{load()}]")
                 print(f"  find -printf '%s %T@ %p\\n'  wall {fw:6.2f} s   CPU {fc:5.2f} s")
                 print(f"  wiseverify walk_source      wall {ow:6.2f} s   CPU {oc:5.2f} s "
                       f"(workers; {res['tasks']} tasks, {res['dirs']:,} directories, "
@@ -260,23 +249,16 @@ def main(argv: list[str] | None = None) -> int:
             walk_line = (f"RESULT walk ours={ow:.2f} find={fw:.2f} ratio={ow / fw:.3f} "
                          f"ratio_same_session={same[2] / same[0]:.3f} files={res['count']} "
                          f"ours_cpu={oc:.2f} find_cpu={fc:.2f} workers={len(info)} "
-                         f"{_load_kv()}")
+                         f"{load_kv()}")
             if args.slow_us > 0:
                 sub = root / "deep" / "a0" / "b0"
                 parts = slow_series(client, sub, spool, args.slow_us, args.slow_cap)
                 lines.append(f"RESULT walk_slow_mds delay_us={args.slow_us:.0f} files_per_s "
-                             + " ".join(parts) + f" {_load_kv()}")
+                             + " ".join(parts) + f" {load_kv()}")
             lines.append(walk_line)
     finally:
-        if args.keep:
-            print(f"\nkept {base}")
-        else:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(base)
-    print(f"\n({_load()})")
-    for line in lines:
-        print(line, flush=True)
-    return 0
+        clean_up(base, args.keep)
+    return print_results(lines)
 
 
 if __name__ == "__main__":
