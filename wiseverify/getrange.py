@@ -31,10 +31,11 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from awscrt import checksums as _crc
+from .digest import CRC_FUNCS, crc_bytes
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -50,26 +51,25 @@ READ_CHUNK = 1 << 20
 _META = "x-amz-meta-"
 
 
-def _crc_digest(fn: Callable[..., int], nbytes: int) -> Callable[[], Any]:
-    class _Crc:
-        def __init__(self) -> None:
-            self.v = 0
+class _Crc:
+    """A running CRC of :data:`~wiseverify.digest.CRC_FUNCS` with hashlib's update/digest."""
 
-        def update(self, b) -> None:
-            self.v = fn(b, self.v)
+    def __init__(self, algo: str) -> None:
+        self.algo, self.v = algo, 0
 
-        def digest(self) -> bytes:
-            return self.v.to_bytes(nbytes, "big")
+    def update(self, b) -> None:
+        self.v = CRC_FUNCS[self.algo](b, self.v)
 
-    return _Crc
+    def digest(self) -> bytes:
+        return crc_bytes(self.algo, self.v)
 
 
 #: response checksums confirmed here, in botocore's priority order; a response with
 #: any other one (xxhash, sha512, ...) goes through botocore
 RESPONSE_CHECKSUMS: dict[str, Callable[[], Any]] = {
-    "crc64nvme": _crc_digest(_crc.crc64nvme, 8),
-    "crc32c": _crc_digest(_crc.crc32c, 4),
-    "crc32": _crc_digest(_crc.crc32, 4),
+    "crc64nvme": partial(_Crc, "crc64nvme"),
+    "crc32c": partial(_Crc, "crc32c"),
+    "crc32": partial(_Crc, "crc32"),
     "sha1": hashlib.sha1,
     "sha256": hashlib.sha256,
 }
