@@ -66,7 +66,8 @@ class Matched:
         self.detail = np.full(n, None, object)
         self.open = np.ones(n, bool)  # status is None: a candidate for content evidence
         self._cols: dict[str, pa.ChunkedArray | pa.Array] = {}
-        self._index: dict[int, pa.Array] = {}
+        # the whole partition's take indices, built once for every column taken
+        self._at_src, self._at_dst = take_index(si), take_index(di)
 
     def __len__(self) -> int:
         return len(self.si)
@@ -77,42 +78,36 @@ class Matched:
         self.detail[rows] = detail
         self.open[rows] = False
 
-    def _get(self, name: str, si: np.ndarray, di: np.ndarray, rows: np.ndarray | None):
-        def side(table: pa.Table, col: str, idx: np.ndarray):
-            if rows is None:  # the whole partition: the same index array for every column
-                at = self._index.get(id(idx))
-                if at is None:
-                    at = self._index[id(idx)] = pa.array(idx, mask=idx < 0)
-            else:
-                at = pa.array(idx, mask=idx < 0)
-            return table.column(col).take(at)
-
+    def _get(self, name: str, at_src: pa.Array, at_dst: pa.Array, rows: np.ndarray | None):
+        """Column ``name`` taken from its side at the take indices ``at_src``/``at_dst``."""
         if name == "key":
             return self.keys if rows is None else self.keys.take(pa.array(rows))
         if name == "name_pair":
             return pa.array(self.name_pair if rows is None else self.name_pair[rows])
         if name == "nkey":
-            return pc.coalesce(side(self.src, "nkey", si), side(self.dst, "nkey", di))
+            return pc.coalesce(self.src.column("nkey").take(at_src),
+                               self.dst.column("nkey").take(at_dst))
         if name == "key_bytes":
-            return side(self.src, "key_bytes", si)
+            return self.src.column("key_bytes").take(at_src)
         if name == "dst_rel":
-            return side(self.dst, "key", di)
+            return self.dst.column("key").take(at_dst)
         if name.startswith("src_"):
-            return side(self.src, name[4:], si)
+            return self.src.column(name[4:]).take(at_src)
         if name.startswith("dst_"):
-            return side(self.dst, name[4:], di)
+            return self.dst.column(name[4:]).take(at_dst)
         raise KeyError(name)
 
     def column(self, name: str) -> pa.ChunkedArray | pa.Array:
         """The whole column ``name`` of the matched partition (taken once, then kept)."""
         if name not in self._cols:
-            self._cols[name] = self._get(name, self.si, self.di, None)
+            self._cols[name] = self._get(name, self._at_src, self._at_dst, None)
         return self._cols[name]
 
     def rows(self, names: list[str], rows: np.ndarray) -> pa.Table:
         """Columns ``names`` of the rows at ``rows`` only."""
         rows = np.asarray(rows, np.int64)
-        return pa.table({c: self._get(c, self.si[rows], self.di[rows], rows) for c in names})
+        at_src, at_dst = take_index(self.si[rows]), take_index(self.di[rows])
+        return pa.table({c: self._get(c, at_src, at_dst, rows) for c in names})
 
     @property
     def table(self) -> pa.Table:
@@ -132,6 +127,11 @@ class Matched:
         m["status"] = pd.array(status, dtype="string")
         m["detail"] = pd.array(detail, dtype="string")
         return m
+
+
+def take_index(idx: np.ndarray) -> pa.Array:
+    """Row numbers of one side as take indices: null where the side has no row (-1)."""
+    return pa.array(idx, mask=idx < 0)
 
 
 def _objects(items: list) -> np.ndarray:

@@ -124,9 +124,7 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
                             metadata=ctx.metadata, head_min_size=ctx.head_min_size,
                             prehash_dir=prehash_dir)
     if settled is not None:
-        still = np.zeros(len(mt), bool)
-        still[open_pos] = True
-        open_pos = np.flatnonzero(still & ~settled.mask)
+        open_pos = open_pos[~settled.mask[open_pos]]
     lap("settle")
     positions = np.sort(np.concatenate([open_pos, np.fromiter(carried_at, np.int64)]))
     m = mt.frame(positions)

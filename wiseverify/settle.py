@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from . import schema as S
 from .evidence import ALGO_COST
 from .ingest import REPORT_ALGOS
-from .match import Matched
+from .match import Matched, take_index
 
 #: digests a prehash table holds (digest.PREHASH_SPEC): evidence needing only these is settled
 KNOWN_ALGOS = ("md5", "crc64nvme")
@@ -248,7 +248,7 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
     # so the (slow) pattern matching is left to the few rows where it differs
     known = known_table(prehash_dir, part)
     at = _known_rows(mt, known, facts, size) if known is not None else np.full(n, -1)
-    by_at = pa.array(at, mask=at < 0)
+    by_at = take_index(at)
     md5_hex = crc_hex = pa.nulls(n, pa.string())
     if known is not None and (at >= 0).any():
         md5_hex = known.column("_md5_hex").take(by_at)
@@ -313,7 +313,7 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
         mask[pos] = True
         idx = np.full(n, -1, np.int64)
         idx[pos] = np.arange(len(pos))
-        spread = t.drop_columns(["_pos"]).take(pa.array(idx, mask=idx < 0))
+        spread = t.drop_columns(["_pos"]).take(take_index(idx))
         cols = {c: pc.coalesce(cols[c], spread.column(c)) for c in COLUMNS}
     return Settled(mask, cols) if mask.any() else None
 
