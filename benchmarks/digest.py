@@ -12,7 +12,8 @@ What it does, in one run:
 * writes ``--files`` (default 8) files of ``--size-mib`` (default 640) MiB,
   5.4 GB in all, and reads them once so they are in the page cache;
 * measures the plain read rate of the same files: ``cat`` and a ``readinto``
-  loop with 8 MiB buffers on 1 and on ``cores`` threads (the best counts);
+  loop with 1 MiB and 8 MiB buffers on 1 and on ``cores`` threads (the best
+  counts);
 * measures the hash rate of each digest on one core (256 MiB in memory);
 * starts a Dask LocalCluster as ``wiseverify verify`` does and, per case, packs
   the files into work units with :func:`wiseverify.digest.make_units` (the
@@ -89,9 +90,9 @@ def read_cat(paths: list[Path]) -> float:
 
 _READ_SCRIPT = r"""
 import concurrent.futures as cf, os, sys, time
-paths, threads = sys.argv[2:], int(sys.argv[1])
+paths, threads, bufsize = sys.argv[3:], int(sys.argv[1]), int(sys.argv[2])
 def one(p):
-    buf = bytearray(8 << 20); mv = memoryview(buf); n = 0
+    buf = bytearray(bufsize); mv = memoryview(buf); n = 0
     with open(p, "rb", buffering=0) as f:
         while (k := f.readinto(mv)):
             n += k
@@ -103,29 +104,31 @@ print(total, time.monotonic() - t0)
 """
 
 
-def read_loop(paths: list[Path], threads: int) -> float:
-    """Seconds for a ``readinto`` loop (8 MiB buffer) over the files on ``threads`` threads."""
-    p = subprocess.run([sys.executable, "-c", _READ_SCRIPT, str(threads), *map(str, paths)],
+def read_loop(paths: list[Path], threads: int, bufsize: int) -> float:
+    """Seconds for a ``readinto`` loop over the files on ``threads`` threads."""
+    p = subprocess.run([sys.executable, "-c", _READ_SCRIPT, str(threads), str(bufsize),
+                        *map(str, paths)],
                        capture_output=True, text=True, check=True, start_new_session=True)
     return float(p.stdout.split()[1])
 
 
 def hash_rates() -> dict[str, float]:
-    """Bytes/s of each digest on one core, 256 MiB in memory, 8 MiB updates (best of 3)."""
+    """Bytes/s of each digest on one core over 256 MiB in memory (best of 3 and of 1 MiB
+    or 8 MiB updates)."""
     data = memoryview(os.urandom(256 * MiB))
     rates = {}
     for algo in ("crc64nvme", "md5"):
         best = float("inf")
-        for _ in range(3):
+        for step in (MiB, 8 * MiB, MiB, 8 * MiB, MiB, 8 * MiB):
             t0 = time.perf_counter()
             if algo in D.CRC_FUNCS:
                 v = 0
-                for off in range(0, len(data), 8 * MiB):
-                    v = D.CRC_FUNCS[algo](data[off:off + 8 * MiB], v)
+                for off in range(0, len(data), step):
+                    v = D.CRC_FUNCS[algo](data[off:off + step], v)
             else:
                 h = D.HASH_FUNCS[algo]()
-                for off in range(0, len(data), 8 * MiB):
-                    h.update(data[off:off + 8 * MiB])
+                for off in range(0, len(data), step):
+                    h.update(data[off:off + step])
             best = min(best, time.perf_counter() - t0)
         rates[algo] = len(data) / best
     return rates
@@ -231,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             nunits: dict[str, int] = {}
             for i in range(args.repeat):
                 # everything of one round is measured within seconds, under the same load
-                rd = {"cat": total / read_cat(paths),
-                      "readinto x1": total / read_loop(paths, 1),
-                      f"readinto x{cores}": total / read_loop(paths, cores)}
+                rd = {"cat": total / read_cat(paths)}
+                for mib in (1, 8):
+                    rd[f"readinto {mib}M x1"] = total / read_loop(paths, 1, mib * MiB)
+                    rd[f"readinto {mib}M x{cores}"] = total / read_loop(paths, cores, mib * MiB)
                 rates = hash_rates()
                 ours = {}
                 for c in cases:
