@@ -40,8 +40,25 @@ setup_venv() {
             "$python" -m venv "$venv"
         fi
     fi
+    # the walk's C loops (setup.py) need a compiler and Python's headers; without
+    # them the install still succeeds and the walk runs its slower ctypes path
+    if ! command -v cc >/dev/null 2>&1 || ! "$python" - <<'PY'
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PY
+    then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            ver="$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+            apt_install gcc libc6-dev "python${ver}-dev" || apt_install gcc libc6-dev python3-dev \
+                || echo "quickstart: no C compiler; the walk uses its slower ctypes path" >&2
+            rm -f "$venv/.wiseverify-installed"
+        else
+            echo "quickstart: no C compiler or Python headers; the walk uses its slower ctypes path" >&2
+        fi
+    fi
     stamp="$venv/.wiseverify-installed"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ]; then
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ] \
+            || [ setup.py -nt "$stamp" ] || [ wiseverify/_fastwalk.c -nt "$stamp" ]; then
         # exact versions the suite was last run with: reproducible, and no resolver backtracking
         "$venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null
         "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[test,bench]" 2>&1 \

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import unicodedata
 
-import pyarrow.parquet as pq
-
 from wiseverify import inventory as INV
 from wiseverify import keys as K
 from wiseverify import schema as S
@@ -32,10 +30,10 @@ def test_walk_splits_work_and_loses_nothing(tmp_path):
     tasks = 0
     while pending:
         batch = pending.pop()
-        res = INV.walk_dirs(str(root), batch, str(spool / f"{tasks}.parquet"), budget=10)
+        res = INV.walk_dirs(str(root), batch, str(spool / f"{tasks}.arrow"), budget=10)
         tasks += 1
         if res["spool"]:
-            seen += pq.read_table(res["spool"]).column("key_bytes").to_pylist()
+            seen += INV.read_spool(res["spool"]).column("key_bytes").to_pylist()
         pending += [[d] for d in res["pending"]]
     assert tasks > 3  # the budget split the walk into several tasks
     assert len(seen) == len(set(seen)) == total
@@ -48,10 +46,10 @@ def _walk_all(root, spool, first=(b"",), **kw):
     tasks = []
     while pending:
         batch = pending.pop()
-        res = INV.walk_dirs(str(root), batch, str(spool / f"{len(tasks)}.parquet"), **kw)
+        res = INV.walk_dirs(str(root), batch, str(spool / f"{len(tasks)}.arrow"), **kw)
         tasks.append((batch, res))
         if res["spool"]:
-            rows += pq.read_table(res["spool"]).to_pylist()
+            rows += INV.read_spool(res["spool"]).to_pylist()
         pending += INV.walk_batches(res["pending"], 4)
     return rows, tasks
 
@@ -80,7 +78,13 @@ def test_huge_directory_is_split_by_name_range(tmp_path):
     assert sum(res["ops"] for _, res in tasks) == 3 + 2 + 250 + 1
 
 
-def test_statx_and_portable_lstat_give_the_same_rows(tmp_path, monkeypatch):
+def test_walk_loops_are_compiled():
+    """The C loops are built by the install (setup.py); without them the walk runs
+    on its ctypes path at about twice the CPU per entry, which CI must not hide."""
+    assert INV._FAST is not None, "wiseverify._fastwalk was not built: no C compiler?"
+
+
+def test_c_ctypes_and_portable_lstat_give_the_same_rows(tmp_path, monkeypatch):
     root = tmp_path / "t"
     _tree(root)
     os.mkfifo(root / "fifo")
@@ -89,9 +93,16 @@ def test_statx_and_portable_lstat_give_the_same_rows(tmp_path, monkeypatch):
     (root / "caf\u00e9").write_bytes(b"nfc")
     (root / os.fsdecode(b"bad\xff")).write_bytes(b"latin-1")
     fast, _ = _walk_all(root, tmp_path / "s1")
+    monkeypatch.setattr(INV, "_FAST", None)
+    via_ctypes, _ = _walk_all(root, tmp_path / "s2")
     monkeypatch.setattr(INV, "_STATX", None)
-    slow, _ = _walk_all(root, tmp_path / "s2")
-    assert sorted(fast, key=lambda r: r["key_bytes"]) == sorted(slow, key=lambda r: r["key_bytes"])
+    slow, _ = _walk_all(root, tmp_path / "s3")
+
+    def by_bytes(rows):
+        return sorted(rows, key=lambda r: r["key_bytes"])
+
+    assert by_bytes(fast) == by_bytes(via_ctypes) == by_bytes(slow)
+    assert len(fast) >= 8
     by_key = {r["key_bytes"]: r for r in slow}
     st = os.lstat(root / "hard")
     assert by_key[b"hard"]["ino"] == st.st_ino and by_key[b"hard"]["nlink"] == 2
@@ -116,10 +127,10 @@ def test_auto_threads_start_when_lstat_waits(tmp_path, monkeypatch):
     root = tmp_path / "t"
     _tree(root, ndirs=2, nfiles=40)
     monkeypatch.setenv(INV.STAT_DELAY_ENV, "300")  # the documented test hook
-    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "a.parquet"))
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "a.arrow"))
     assert res["threads"] == INV.AUTO_WALK_THREADS
     monkeypatch.delenv(INV.STAT_DELAY_ENV)
-    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "b.parquet"))
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "b.arrow"))
     assert res["threads"] == 1
 
 
@@ -128,8 +139,8 @@ def test_walk_never_opens_special_files(tmp_path):
     root.mkdir()
     os.mkfifo(root / "fifo")  # opening it would block forever
     os.symlink("/nonexistent", root / "dangling")
-    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "s.parquet"))
-    rows = {r["key"]: r for r in pq.read_table(res["spool"]).to_pylist()}
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "s.arrow"))
+    rows = {r["key"]: r for r in INV.read_spool(res["spool"]).to_pylist()}
     assert rows["fifo"]["kind"] == S.KIND_FIFO
     assert rows["dangling"]["kind"] == S.KIND_SYMLINK
 
@@ -142,7 +153,7 @@ def test_metadata_rate_cap_is_honoured(tmp_path):
     import time
 
     t0 = time.monotonic()
-    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "s.parquet"),
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "s.arrow"),
                         metadata_ops_per_second=100)
     elapsed = time.monotonic() - t0
     assert res["ops"] == 31  # one readdir + 30 lstat
@@ -156,7 +167,7 @@ def test_listing_is_strictly_under_the_prefix(s3, bucket, tmp_path):
         c.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"1")
     target = S3Target.parse(f"s3://{bucket}/wise", endpoint_url=s3.url)
     res = INV.list_prefix(target, "", False, str(tmp_path / "l.parquet"))
-    keys = sorted(pq.read_table(res["spool"]).column("key").to_pylist())
+    keys = sorted(INV.read_spool(res["spool"]).column("key").to_pylist())
     assert keys == ["a", "sub/b"]
     assert res["markers"] == 2
     res = INV.list_prefix(target, "", True, str(tmp_path / "l2.parquet"))

@@ -291,7 +291,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                 key=f"prehash-{n}-{run_id}",
             )
         if job[0] == "src":
-            return submit_walk(client, root, job[1], str(spool / f"src-{n:08d}.parquet"),
+            return submit_walk(client, root, job[1], str(spool / f"src-{n:08d}.arrow"),
                                target.prefix, cfg.walk_budget, ops_per_task,
                                key=f"walk-{n}-{run_id}")
         _, rel, depth, fan = job
@@ -559,7 +559,7 @@ def walk_source(client, root: str, spool_dir: str, prefix: str = "", budget: int
 
     def submit(job):
         n = next(seq)
-        return submit_walk(client, root, job[1], os.path.join(spool_dir, f"src-{n:08d}.parquet"),
+        return submit_walk(client, root, job[1], os.path.join(spool_dir, f"src-{n:08d}.arrow"),
                            prefix, budget, ops_per_task, key=f"walk-{n}-{tag}", **walk_kwargs)
 
     def on_result(res):
@@ -635,9 +635,8 @@ def _spool_bytes(path: str | None) -> int:
     if not path:
         return 0
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    total = pc.sum(pq.read_table(path, columns=["size"]).column("size")).as_py()
+    total = pc.sum(INV.read_spool(path, columns=["size"]).column("size")).as_py()
     return int(total or 0)
 
 
@@ -660,13 +659,12 @@ def _prehash_spool(root: str, spool: str, start: int, count: int, out: str, max_
     will not hash (links, special files, unmappable names, listing errors).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from . import hsm
     from . import schema as S
 
     cols = ["key_bytes", "nkey", "kind", "size", "mtime_ns", "blocks", "error", "name_problem"]
-    rows = pq.read_table(spool, columns=cols).slice(start, count).to_pylist()
+    rows = INV.read_spool(spool, columns=cols).slice(start, count).to_pylist()
     broot = os.fsencode(root)
     keep = [r for r in rows
             if r["kind"] == S.KIND_FILE and r["error"] is None and r["name_problem"] is None
