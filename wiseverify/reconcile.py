@@ -440,13 +440,18 @@ def write_output(table: pa.Table, path: Path) -> None:
 
     zstd level 1: keys and digests do not shrink further at higher levels (the
     same 27 MB per 250,000 rows), and level 1 takes a third less time.
+    Min/max statistics only for the repeating columns: those let a reader skip
+    a partition with nothing but MATCH rows; on keys, digests and times (one
+    row group per partition, hash-partitioned) they prune nothing and cost 10%
+    of the write.
     """
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     pq.write_table(table, tmp, compression="zstd", compression_level=1,
-                   use_dictionary=list(DICTIONARY_COLUMNS))
+                   use_dictionary=list(DICTIONARY_COLUMNS),
+                   write_statistics=list(DICTIONARY_COLUMNS))
     os.replace(tmp, path)
 
 
