@@ -13,7 +13,7 @@ What it does:
 * starts a Dask LocalCluster the way ``wiseverify verify`` does
   (:func:`wiseverify.cluster.open_client`) and runs the tool's source
   inventory stage on it (:func:`wiseverify.pipeline.walk_source`: the walk
-  tasks of ``verify``, spooling Parquet, counting), and
+  tasks of ``verify``, spooling Arrow IPC files, counting), and
   ``find ROOT -printf '%s %T@ %p\\n' > /dev/null``, alternately, warm cache,
   ``--repeat`` times each (default 3), keeping each one's best wall;
 * walks a subtree again with a simulated slow metadata server (the walk's
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  find -printf '%s %T@ %p\\n'  wall {fw:6.2f} s   CPU {fc:5.2f} s")
                 print(f"  wiseverify walk_source      wall {ow:6.2f} s   CPU {oc:5.2f} s "
                       f"(workers; {res['tasks']} tasks, {res['dirs']:,} directories, "
-                      f"{res['ops']:,} metadata ops, spooled to Parquet)")
+                      f"{res['ops']:,} metadata ops, spooled to Arrow IPC)")
                 print(f"  per worker process: {res['count'] / ow / len(info):,.0f} entries/s; "
                       f"CPU per entry: ours {oc / res['count'] * 1e6:.2f} us, "
                       f"find {fc / res['count'] * 1e6:.2f} us")
