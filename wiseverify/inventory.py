@@ -335,7 +335,7 @@ class _Walk:
     """Columns of one walk task, and the metadata calls that fill them."""
 
     def __init__(self, root: str, prefix: str, ops_per_second: float | None,
-                 threads: int | None, delay_us: float | None):
+                 threads: int | None, delay_us: float | None, expect: int = 0):
         import numpy as np
 
         self.np = np
@@ -357,7 +357,10 @@ class _Walk:
             known, when = _auto_choice.get(self.auto_key, (0, 0.0))
             if known and time.monotonic() - when < _AUTO_TTL_S:
                 self.threads, self.decided = known, True
-        self.buf = np.zeros(0, np.uint8)  # struct statx records, one per name
+        # struct statx records, one per name: room for the expected entries at once
+        # (zeroed pages are only mapped when written, so a generous guess is free;
+        # growing by doubling copied each record about twice)
+        self.buf = np.zeros(expect * _REC, np.uint8)
         self.used = 0  # records filled
         self.blobs: list[bytes] = []  # per directory (or name range): its keys, NUL-ended
         self.bad: list[int] = []  # records whose stat failed (an error row instead)
@@ -742,7 +745,8 @@ def walk_dirs(
     """
     with _ONE_WALK_PER_PROCESS:
         split = split_entries or max(1000, budget // 4)
-        w = _Walk(root, prefix, metadata_ops_per_second, threads, stat_delay_us)
+        w = _Walk(root, prefix, metadata_ops_per_second, threads, stat_delay_us,
+                  expect=min(budget + split, 1 << 20))
         if w.threads > 1:
             w.start_threads(w.threads)
         stack = list(reversed(rel_dirs))
