@@ -48,7 +48,7 @@ from . import keys as K
 from . import schema as S
 from .digest import Spec
 from .evidence import ALGO_COST, Evidence, _with_crc64
-from .inventory import write_atomic
+from .inventory import read_partition, write_atomic
 from .s3 import S3Target, strip_etag
 
 if TYPE_CHECKING:
@@ -730,17 +730,14 @@ def attach_checksums(run_dir: str, part: int, rows: list[dict]) -> int:
     Reads ``inventory/checksums/part=NNNNN`` only: the report was partitioned
     like the inventories.  Returns how many rows got entries.
     """
-    d = Path(run_dir) / "inventory" / "checksums" / f"part={part:05d}"
-    if not rows or not d.is_dir():
+    if not rows:
         return 0
+    t = read_partition(str(Path(run_dir) / "inventory" / "checksums"), part, S.CHECKSUM_REPORT)
     wanted = pa.array(sorted({r["dst_rel"] for r in rows if r.get("dst_rel")}), pa.string())
     by_key: dict[str, list[dict]] = defaultdict(list)
-    for f in sorted(d.glob("*.parquet")):
-        t = pq.read_table(f, schema=S.CHECKSUM_REPORT)
-        t = t.filter(pc.is_in(t.column("key"), value_set=wanted))
-        for e in t.to_pylist():
-            if e["error"] is None:
-                by_key[e["key"]].append(e)
+    for e in t.filter(pc.is_in(t.column("key"), value_set=wanted)).to_pylist():
+        if e["error"] is None:
+            by_key[e["key"]].append(e)
     hits = 0
     for r in rows:
         entries = by_key.get(r.get("dst_rel") or "")

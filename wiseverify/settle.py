@@ -34,11 +34,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from . import schema as S
 from .evidence import ALGO_COST
 from .ingest import REPORT_ALGOS
+from .inventory import read_partition
 from .match import Matched, take_index
 
 #: digests a prehash table holds (digest.PREHASH_SPEC): evidence needing only these is settled
@@ -154,11 +154,11 @@ def report_choice(run_dir: str, part: int, dst_rel: pa.Array, etag: pa.Array,
     single-part objects without a part count; the cheapest algorithm wins,
     the first entry among equals.  ``rows`` are the candidates that have one.
     """
-    d = Path(run_dir) / "inventory" / "checksums" / f"part={part:05d}"
-    files = sorted(d.glob("*.parquet")) if d.is_dir() else []
-    if not files:
+    # one dataset over the partition's files, in their order (30 at 30 million keys):
+    # reading them one by one took a third of this stage
+    e = read_partition(str(Path(run_dir) / "inventory" / "checksums"), part, S.CHECKSUM_REPORT)
+    if not e.num_rows:
         return None
-    e = pa.concat_tables([pq.read_table(f, schema=S.CHECKSUM_REPORT) for f in files])
     e = e.append_column("_order", pa.array(np.arange(e.num_rows)))
     e = e.filter(pc.is_null(e.column("error")))
     # the (few) candidates with an entry, found by probing the report's keys
