@@ -308,13 +308,17 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
                           dst_parts=pa.array(np.ones(k, np.int32))))
     mask = etag_md5.copy()
     if few:
+        # the few rows are disjoint from the bulk (null there) and from each other:
+        # written in place, in position order, rather than spread to full length first
         t = pa.concat_tables(few)
+        t = t.take(pc.sort_indices(t.column("_pos")))
         pos = t.column("_pos").to_numpy()
         mask[pos] = True
-        idx = np.full(n, -1, np.int64)
-        idx[pos] = np.arange(len(pos))
-        spread = t.drop_columns(["_pos"]).take(take_index(idx))
-        cols = {c: pc.coalesce(cols[c], spread.column(c)) for c in COLUMNS}
+        at_few = np.zeros(n, bool)
+        at_few[pos] = True
+        m_few = pa.array(at_few)
+        cols = {c: pc.replace_with_mask(cols[c], m_few, t.column(c).combine_chunks())
+                for c in COLUMNS}
     return Settled(mask, cols) if mask.any() else None
 
 
