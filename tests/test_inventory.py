@@ -207,3 +207,28 @@ def test_partition_count_does_not_change_the_table(run_verify, s3, bucket, tmp_p
         k: {c: v for c, v in r.items() if c not in strip} for k, r in t5.items()
     }
     assert s1["counts"]["MISSING_IN_DEST"] == 6 and s1["counts"]["EXTRA_IN_DEST"] == 1
+
+
+def test_metadata_cap_is_shared_by_the_walk_tasks_that_run(dask_client, tmp_path):
+    """Walk tasks of a worker process take turns, so the cap is shared among the
+    worker processes, not among every task the window holds: the whole cluster
+    stays under ``--max-metadata-ops`` and is not held to a fraction of it."""
+    import time
+
+    from wiseverify.pipeline import walk_ops_per_task, walk_source
+
+    assert walk_ops_per_task(None, 8, 2) is None
+    assert walk_ops_per_task(2000, 8, 2) == 1000  # 2 processes walk at once, not 8 tasks
+    assert walk_ops_per_task(2000, 2, 16) == 1000  # nor more tasks than the window holds
+    root = tmp_path / "t"
+    for d in range(6):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(40):
+            (root / f"d{d}" / f"f{i}").write_bytes(b"")
+    t0 = time.monotonic()
+    res = walk_source(dask_client, str(root), str(tmp_path / "spool"), budget=40,
+                      max_metadata_ops=300)
+    elapsed = time.monotonic() - t0
+    assert res["count"] == 240 and res["ops"] == 7 + 6 + 240  # readdirs, then an lstat each
+    # at most 300 operations a second over the whole cluster (one per task may start at once)
+    assert elapsed >= (res["ops"] - res["tasks"]) / 300

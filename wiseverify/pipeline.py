@@ -249,7 +249,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     spool = run_dir / "inventory" / "_spool"
     spool.mkdir(parents=True, exist_ok=True)
     window = max(2, 2 * nthreads)
-    ops_per_task = (cfg.max_metadata_ops / window) if cfg.max_metadata_ops else None
+    ops_per_task = walk_ops_per_task(cfg.max_metadata_ops, window, len(workers))
     stats = {"src_rows": 0, "dst_rows": 0, "markers": 0, "list_requests": 0, "dirs": 0,
              "metadata_ops": 0}
     src_spools: list[tuple[str, int]] = []
@@ -519,6 +519,19 @@ def _walk_job(*args, **kwargs) -> dict:
     return res
 
 
+def walk_ops_per_task(max_metadata_ops: float | None, window: int, workers: int) -> float | None:
+    """Each walk task's share of ``--max-metadata-ops``.
+
+    Walk tasks of one worker process take turns (``inventory.walk_dirs``), so
+    at most one per worker process walks at a time, however many the window
+    holds: sharing the cap among those gives the metadata server the whole
+    rate that was asked for, and never more.
+    """
+    if not max_metadata_ops:
+        return None
+    return max_metadata_ops / max(1, min(window, workers))
+
+
 def submit_walk(client, root: str, rel_dirs: list, spool_file: str, prefix: str, budget: int,
                 ops_per_task: float | None, key: str, **walk_kwargs):
     """Submit one source walk task (:func:`inventory.walk_dirs`) and return its future.
@@ -546,10 +559,10 @@ def walk_source(client, root: str, spool_dir: str, prefix: str = "", budget: int
     counts and the spool files ``[(path, rows)]``.  ``walk_kwargs`` go to
     :func:`inventory.walk_dirs` (``threads``, ``split_entries``, ``stat_delay_us``).
     """
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
     if window is None:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
         window = max(2, 2 * (sum(w.get("nthreads", 1) for w in workers.values()) or 1))
-    ops_per_task = (max_metadata_ops / window) if max_metadata_ops else None
+    ops_per_task = walk_ops_per_task(max_metadata_ops, window, len(workers))
     Path(spool_dir).mkdir(parents=True, exist_ok=True)
     out: dict = {"count": 0, "dirs": 0, "ops": 0, "bytes": 0, "tasks": 0, "spools": [],
                  "max_threads": 0}
