@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import unicodedata
 
+import pytest
+
 from wiseverify import inventory as INV
 from wiseverify import keys as K
 from wiseverify import schema as S
@@ -232,3 +234,27 @@ def test_metadata_cap_is_shared_by_the_walk_tasks_that_run(dask_client, tmp_path
     assert res["count"] == 240 and res["ops"] == 7 + 6 + 240  # readdirs, then an lstat each
     # at most 300 operations a second over the whole cluster (one per task may start at once)
     assert elapsed >= (res["ops"] - res["tasks"]) / 300
+
+
+@pytest.mark.parametrize("loops", ["c", "ctypes", "portable"])
+def test_a_name_gone_between_listing_and_lstat_is_an_error_row(tmp_path, monkeypatch, loops):
+    """A file deleted after getdents and before its lstat: a row saying so, never a gap."""
+    root = tmp_path / "t"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "stays").write_bytes(b"1")
+    listed = INV._list_blob
+
+    def listing_then_delete(fd, prefix):
+        return listed(fd, prefix) + prefix + b"gone\0"  # listed, then removed
+
+    monkeypatch.setattr(INV, "_list_blob", listing_then_delete)
+    if loops != "c":
+        monkeypatch.setattr(INV, "_FAST", None)
+    if loops == "portable":
+        monkeypatch.setattr(INV, "_STATX", None)
+    rows, _ = _walk_all(root, tmp_path / "spool")
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["d/stays"]["kind"] == S.KIND_FILE and by_key["d/stays"]["size"] == 1
+    assert by_key["d/gone"]["kind"] == S.KIND_ERROR
+    assert by_key["d/gone"]["error"] == "lstat failed: No such file or directory"
+    assert by_key["gone"]["error"] == "lstat failed: No such file or directory"  # at the root
