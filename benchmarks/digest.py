@@ -48,7 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import clean_up, load, load_kv, make_workdir, print_results
+from _bench import clean_up, load, load_kv, make_workdir, new_session, print_results
 
 from wiseverify import digest as D
 from wiseverify.cluster import default_workers, open_client
@@ -190,12 +190,6 @@ def check(items: list[D.FileItem], folded: list[dict], case: str) -> None:
         raise SystemExit("rebuilt multipart ETag differs from a straight pass")
 
 
-def _new_session() -> int:
-    """Run on a worker: a session (and CPU autogroup) of its own, as a batch job has."""
-    os.setsid()
-    return os.getsid(0)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=8)
@@ -222,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         with open_client(workers=args.workers, threads_per_worker=args.threads_per_worker) \
                 as client:
             info = client.scheduler_info(n_workers=-1)["workers"]
-            client.run(_new_session)
+            client.run(new_session)
             print(f"LocalCluster: {len(info)} worker processes x {args.threads_per_worker} "
                   f"threads, each worker in a session of its own, up in "
                   f"{time.monotonic() - t0:.1f} s (not counted below)", flush=True)

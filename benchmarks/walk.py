@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import clean_up, load, load_kv, make_workdir, print_results
+from _bench import clean_up, load, load_kv, make_workdir, new_session, print_results, workers_cpu
 
 from wiseverify.cluster import open_client
 from wiseverify.pipeline import walk_source
@@ -104,22 +104,6 @@ def run_find(root: Path, own_session: bool = False) -> tuple[float, float]:
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
-def _new_session() -> int:
-    """Run on a worker: leave this script's session (and CPU autogroup) for a new one."""
-    os.setsid()
-    return os.getsid(0)
-
-
-def _cpu_now() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def workers_cpu(client) -> float:
-    """CPU seconds used so far by all worker processes of the cluster."""
-    return sum(client.run(_cpu_now).values())
 
 
 def run_ours(client, root: Path, spool: Path, **kw) -> tuple[float, float, dict]:
@@ -228,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             # single find when other sessions keep the machine busy.  Each worker
             # in a session of its own, as a batch system starts them, and find in
             # one too: every process then gets the share a separate job would get.
-            sids = client.run(_new_session)
+            sids = client.run(new_session)
             print(f"\nworkers moved to sessions of their own: {sorted(sids.values())}")
             own = compare(client, root, spool, args.repeat, counts, own_sessions=True)
             for label, (fw, fc, ow, oc, res) in (("same session as find", same),
