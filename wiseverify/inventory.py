@@ -896,14 +896,14 @@ def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: 
         rows, prefixes, markers, requests = target.run(_list)
     except Exception as exc:
         return {"count": 0, "pending": [], "markers": 0, "requests": 0, "spool": None,
-                "error": f"listing {target.prefix + rel_prefix!r} failed: "
+                "bytes": 0, "error": f"listing {target.prefix + rel_prefix!r} failed: "
                          f"{error_text(exc, 'ListObjectsV2')}"}
     table = S.from_rows(rows, S.DEST_INVENTORY)
     if table.num_rows:
         write_atomic(table, spool_path)
     return {"count": table.num_rows, "pending": prefixes, "markers": markers,
             "requests": requests, "spool": spool_path if table.num_rows else None,
-            "error": None}
+            "bytes": sum(r["size"] or 0 for r in rows), "error": None}
 
 
 # --- partitioning ------------------------------------------------------------------

@@ -248,7 +248,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     # --- 1. inventory, both sides at once -------------------------------------------
     spool = run_dir / "inventory" / "_spool"
     spool.mkdir(parents=True, exist_ok=True)
-    window = max(2, 2 * nthreads)
+    window = inventory_window(workers)
     ops_per_task = walk_ops_per_task(cfg.max_metadata_ops, window, len(workers))
     stats = {"src_rows": 0, "dst_rows": 0, "markers": 0, "list_requests": 0, "dirs": 0,
              "metadata_ops": 0}
@@ -504,7 +504,6 @@ def _list_job(target: S3Target, rel: str, depth: int, delimiter: bool, spool: st
         secede()
     res = INV.list_prefix(target, rel, delimiter, spool)
     res["side"] = "dst"
-    res["bytes"] = _spool_bytes(res.get("spool"))
     res["depth"] = depth
     if not delimiter:
         res["pending"] = []
@@ -514,9 +513,13 @@ def _list_job(target: S3Target, rel: str, depth: int, delimiter: bool, spool: st
 def _walk_job(*args, **kwargs) -> dict:
     res = INV.walk_dirs(*args, **kwargs)
     res["side"] = "src"
-    if "bytes" not in res:
-        res["bytes"] = _spool_bytes(res.get("spool"))
     return res
+
+
+def inventory_window(workers: dict) -> int:
+    """Walk and listing tasks kept in flight: twice the cluster's threads, so the next
+    task is queued on a worker before the last one returns."""
+    return max(2, 2 * (sum(w.get("nthreads", 1) for w in workers.values()) or 1))
 
 
 def walk_ops_per_task(max_metadata_ops: float | None, window: int, workers: int) -> float | None:
@@ -561,7 +564,7 @@ def walk_source(client, root: str, spool_dir: str, prefix: str = "", budget: int
     """
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     if window is None:
-        window = max(2, 2 * (sum(w.get("nthreads", 1) for w in workers.values()) or 1))
+        window = inventory_window(workers)
     ops_per_task = walk_ops_per_task(max_metadata_ops, window, len(workers))
     Path(spool_dir).mkdir(parents=True, exist_ok=True)
     out: dict = {"count": 0, "dirs": 0, "ops": 0, "bytes": 0, "tasks": 0, "spools": [],
@@ -612,8 +615,7 @@ def list_dest(client, target: S3Target, spool_dir: str, fanout_depth: int = 2,
     default twice the cluster's threads).  Returns counts and spool files.
     """
     if window is None:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        window = max(2, 2 * (sum(w.get("nthreads", 1) for w in workers.values()) or 1))
+        window = inventory_window(client.scheduler_info(n_workers=-1).get("workers", {}))
     Path(spool_dir).mkdir(parents=True, exist_ok=True)
     out: dict = {"count": 0, "markers": 0, "requests": 0, "tasks": 0, "spools": [],
                  "errors": [], "max_depth": 0}
@@ -641,16 +643,6 @@ def list_dest(client, target: S3Target, spool_dir: str, fanout_depth: int = 2,
 
     _submit_windowed(client, pending, submit, window, on_result)
     return out
-
-
-def _spool_bytes(path: str | None) -> int:
-    """Bytes listed in a just-written spool file, for the progress display."""
-    if not path:
-        return 0
-    import pyarrow.compute as pc
-
-    total = pc.sum(INV.read_spool(path, columns=["size"]).column("size")).as_py()
-    return int(total or 0)
 
 
 def _prehash_job(root: str, spool: str, start: int, count: int, out: str, max_size: int,
