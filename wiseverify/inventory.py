@@ -3,8 +3,8 @@
 Design
 ------
 * Source: a task walks a *batch* of directories with getdents + ``lstat``
-  (statx; never ``open`` on an entry), depth first, until it has seen ``budget`` entries; whatever
-  subdirectories are left go back to the driver, which fans them out as new
+  (statx; never ``open`` on an entry), depth first, until it has seen ``budget``
+  entries; whatever subdirectories are left go back to the driver, which fans them out as new
   tasks.  Small trees cost a handful of tasks, a 30M-file tree spreads over the
   cluster, and the driver only ever holds directory names and counts.
 * Destination: ListObjectsV2 under the prefix with ``Delimiter='/'`` for the first
@@ -225,25 +225,15 @@ _STATX_NEED = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400
 _AT_FLAGS = 0x100 | 0x800  # AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT: exactly lstat
 
 
-def _load_statx(hold_gil: bool = False):
-    """libc's statx through ctypes, or None (not Linux, glibc < 2.28, kernel < 4.11).
-
-    ``hold_gil`` gives the same function through ``ctypes.PyDLL``, which keeps
-    the GIL across the call.  A stat answered from the client's cache takes
-    1-2 us; releasing and retaking the GIL around each one while a second walk
-    task of the same worker process wants it costs more than the call itself
-    (two walk threads in one process: 5.5-7 us CPU per entry releasing, 3.2-3.4
-    us holding).  Calls that wait on a metadata server use the releasing
-    function, in a thread pool.
-    """
+def _load_statx():
+    """libc's statx through ctypes, or None (not Linux, glibc < 2.28, kernel < 4.11)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
         # errno is not kept: a failed call is repeated with os.lstat for its error text
-        lib = ctypes.PyDLL(None) if hold_gil else ctypes.CDLL(None)
-        fn = lib.statx
+        fn = ctypes.CDLL(None).statx
         fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint,
                        ctypes.c_void_p]
         fn.restype = ctypes.c_int
@@ -260,7 +250,6 @@ def _load_statx(hold_gil: bool = False):
 
 
 _STATX = _load_statx()
-_STATX_HELD = _load_statx(hold_gil=True) if _STATX is not None else None
 
 
 _calls = 0
@@ -288,6 +277,11 @@ except ImportError:
     _FAST = None
 
 
+def _head(rel: bytes) -> bytes:
+    """What precedes a name in the keys of directory ``rel``: ``rel/``, nothing at the root."""
+    return rel + b"/" if rel else b""
+
+
 def _list_blob(fd: int, prefix: bytes) -> bytes:
     """An open directory's names as one blob: ``prefix + name + NUL`` per entry."""
     if _FAST is not None:
@@ -308,7 +302,7 @@ class _Listed:
         import numpy as np
 
         self.rel, self.fd, self.blob = rel, fd, blob
-        self.skip = len(rel) + 1 if rel else 0
+        self.skip = len(_head(rel))
         self.ends = np.flatnonzero(np.frombuffer(blob, np.uint8) == 0)
         self.starts = np.empty_like(self.ends)
         self.starts[:1] = 0
@@ -347,7 +341,6 @@ class _Walk:
             delay_us = float(os.environ.get(STAT_DELAY_ENV) or 0)
         self.delay = delay_us / 1e6
         self.statx = _STATX
-        self.statx_held = _STATX_HELD
         self.auto = threads is None
         self.decided = not self.auto
         self.threads = 1 if threads is None else max(1, threads)
@@ -394,9 +387,8 @@ class _Walk:
         if n and _FAST is not None and not paced:
             # the hot loop of the walk: one C call per directory (or chunk), GIL released
             seg = memoryview(d.blob)[int(d.starts[lo]):int(d.ends[hi - 1]) + 1]
-            rcs = np.frombuffer(_FAST.stat_names(d.fd, seg, d.skip,
-                                                 self.buf[first * _REC:(first + n) * _REC],
-                                                 _AT_FLAGS, _STATX_NEED), np.int32)
+            rcs = np.frombuffer(_FAST.stat_names(d.fd, seg, d.skip, recs, _AT_FLAGS,
+                                                 _STATX_NEED), np.int32)
             retry = np.flatnonzero(rcs).tolist()
         elif n and self.statx is not None:
             # the names are in the blob already NUL-terminated: no conversion per call
@@ -409,10 +401,7 @@ class _Walk:
                     self._op()
                     rcs.append(self.statx(d.fd, na, _AT_FLAGS, _STATX_NEED, ra))
             else:  # no Python bytecode per name
-                # once calls are known to come from cache, without a GIL hand-off each
-                fast = self.decided and self.pool is None and self.statx_held is not None
-                fn = self.statx_held if fast else self.statx
-                rcs = list(map(fn, repeat(d.fd, n), name_at, repeat(_AT_FLAGS, n),
+                rcs = list(map(self.statx, repeat(d.fd, n), name_at, repeat(_AT_FLAGS, n),
                                repeat(_STATX_NEED, n), rec_at))
             retry = [i for i, rc in enumerate(rcs) if rc] if any(rcs) else []
         got: list[tuple[int, os.stat_result]] = []
@@ -458,7 +447,7 @@ class _Walk:
                                          f"cannot list directory: {exc.strerror}"))
             return None
         try:
-            return fd, _list_blob(fd, rel + b"/" if rel else b"")
+            return fd, _list_blob(fd, _head(rel))
         except OSError as exc:
             os.close(fd)
             self.extra.append(_entry_row(rel + b"/", None, self.prefix,
@@ -469,9 +458,9 @@ class _Walk:
         """A name range of a huge directory that another task listed."""
         with open(names_file, "rb") as f:
             raw = f.read()
-        prefix = rel + b"/" if rel else b""
-        # names hold no NUL: the separators are exactly the places for the prefix
-        blob = prefix + raw.replace(b"\0", b"\0" + prefix) + b"\0" if raw else b""
+        head = _head(rel)
+        # names hold no NUL: the separators are exactly the places for the head
+        blob = head + raw.replace(b"\0", b"\0" + head) + b"\0" if raw else b""
         path = self.broot + b"/" + rel if rel else self.broot
         try:
             return _open_dir(path), blob
@@ -760,10 +749,9 @@ def walk_dirs(
                 for rel, fd, blob in w.open_all(batch):
                     if blob.count(b"\0") > split:
                         # list once, hand the other name ranges out, then return early
-                        skip = len(rel) + 1 if rel else 0
-                        names = sorted(k[skip:] for k in blob.split(b"\0")[:-1])
+                        head = _head(rel)
+                        names = sorted(k[len(head):] for k in blob.split(b"\0")[:-1])
                         ranges += _spill_ranges(spool_path, rel, names[split:], split)
-                        head = rel + b"/" if rel else b""
                         blob = b"".join([head + nm + b"\0" for nm in names[:split]])
                     jobs.append((rel, fd, blob))
                 # depth first, in name order, so task outputs are reproducible
