@@ -213,7 +213,7 @@ def generate_chunk(inv: str, chunk: int, lo: int, hi: int, nparts: int, seed: in
     pre = pa.table({
         "nkey": nkeys, "key_bytes": src_keys.cast(pa.binary()), "size": size, "mtime_ns": mtime,
         "md5": md5_bin, "crc64nvme": pa.array(crc, pa.uint64()),
-    }).filter(pa.array(pm))
+    }, schema=S.PREHASH).filter(pa.array(pm))
 
     # --- destination: every class but MISSING and SYMLINK
     dm = (cls != MISSING) & (cls != SYMLINK)

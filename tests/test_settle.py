@@ -154,14 +154,7 @@ class Partition:
                 pq.write_table(S.from_rows(chunk, schema), d / f"c{i:05d}.parquet")
         d = inv / "prehash" / "part=00000"
         d.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({
-            "nkey": [r["nkey"] for r in self.pre],
-            "key_bytes": pa.array([r["key_bytes"] for r in self.pre], pa.binary()),
-            "size": pa.array([r["size"] for r in self.pre], pa.int64()),
-            "mtime_ns": pa.array([r["mtime_ns"] for r in self.pre], pa.int64()),
-            "md5": pa.array([r["md5"] for r in self.pre], pa.binary(16)),
-            "crc64nvme": pa.array([r["crc64nvme"] for r in self.pre], pa.uint64()),
-        }), d / "c00000.parquet")
+        pq.write_table(S.from_rows(self.pre, S.PREHASH), d / "c00000.parquet")
 
 
 def _every_case(root: Path) -> Partition:

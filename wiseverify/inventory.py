@@ -919,7 +919,8 @@ def compact(spool_paths: list[str], out_dir: str, nparts: int, tag: str) -> dict
     return {"rows": table.num_rows}
 
 
-def read_partition(inv_dir: str, part: int, schema: pa.Schema) -> pa.Table:
+def read_partition(inv_dir: str, part: int, schema: pa.Schema,
+                   columns: list[str] | None = None) -> pa.Table:
     """All rows of one partition of one side (empty table when there are none).
 
     One Arrow dataset over the partition's files (one per compaction group, 30
@@ -931,5 +932,5 @@ def read_partition(inv_dir: str, part: int, schema: pa.Schema) -> pa.Table:
     d = Path(inv_dir) / f"part={part:05d}"
     files = sorted(str(f) for f in d.glob("*.parquet")) if d.is_dir() else []
     if not files:
-        return S.empty(schema)
-    return ds.dataset(files, schema=schema, format="parquet").to_table()
+        return S.empty(schema).select(columns or schema.names)
+    return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns)

@@ -682,11 +682,11 @@ def _prehash_spool(root: str, spool: str, start: int, count: int, out: str, max_
     table = pa.table({
         "nkey": [by_path[d[0]]["nkey"] for d in done],
         "key_bytes": [by_path[d[0]]["key_bytes"] for d in done],
-        "size": pa.array([d[1] for d in done], pa.int64()),
-        "mtime_ns": pa.array([d[2] for d in done], pa.int64()),
-        "md5": pa.array([d[3] for d in done], pa.binary(16)),
-        "crc64nvme": pa.array([d[4] for d in done], pa.uint64()),
-    })
+        "size": [d[1] for d in done],
+        "mtime_ns": [d[2] for d in done],
+        "md5": [d[3] for d in done],
+        "crc64nvme": [d[4] for d in done],
+    }, schema=S.PREHASH)
     INV.write_atomic(table, out)
     return {"side": "pre", "files": len(done), "bytes": sum(d[1] for d in done), "spool": out}
 
@@ -694,19 +694,14 @@ def _prehash_spool(root: str, spool: str, start: int, count: int, out: str, max_
 @functools.lru_cache(maxsize=2)
 def _known_for(prehash_dir: str, root: str, part: int) -> dict:
     """The prehashed digests of one partition, by absolute path (cached per process)."""
-    import pyarrow.parquet as pq
+    from . import schema as S
 
-    d = os.path.join(prehash_dir, f"part={part:05d}")
     broot = os.fsencode(root)
-    known: dict = {}
-    for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
-        if not name.endswith(".parquet"):
-            continue
-        t = pq.read_table(os.path.join(d, name)).to_pydict()
-        for kb, size, mtime, md5, crc in zip(t["key_bytes"], t["size"], t["mtime_ns"],
-                                             t["md5"], t["crc64nvme"], strict=True):
-            known[broot + b"/" + kb] = (size, mtime, md5, crc)
-    return known
+    t = INV.read_partition(prehash_dir, part, S.PREHASH,
+                           ["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"]).to_pydict()
+    return {broot + b"/" + kb: (size, mtime, md5, crc)  # the last entry of a path wins
+            for kb, size, mtime, md5, crc in zip(t["key_bytes"], t["size"], t["mtime_ns"],
+                                                 t["md5"], t["crc64nvme"], strict=True)}
 
 
 def _unit_job(ctx: R.Context, units: list, topic: str | None, part: int, i: int,

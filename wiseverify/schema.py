@@ -124,6 +124,19 @@ CHECKSUM_REPORT = pa.schema(
     ]
 )
 
+#: digests of small source files hashed while the destination was listed
+#: (RUN_DIR/inventory/prehash/, partitioned like the inventories)
+PREHASH = pa.schema(
+    [
+        ("nkey", pa.string()),
+        ("key_bytes", pa.binary()),
+        ("size", pa.int64()),  # size and mtime when hashed: the digests hold while they do
+        ("mtime_ns", pa.int64()),
+        ("md5", pa.binary(16)),
+        ("crc64nvme", pa.uint64()),
+    ]
+)
+
 #: the output contract: RUN_DIR/reconciliation/, one row per key
 RECONCILIATION = pa.schema(
     [

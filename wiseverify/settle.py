@@ -26,14 +26,12 @@ below the HEAD threshold and never split, so both give the same row.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from . import schema as S
 from .evidence import ALGO_COST
@@ -128,14 +126,10 @@ def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
     """
     if not prehash_dir:
         return None
-    d = os.path.join(prehash_dir, f"part={part:05d}")
-    names = sorted(os.listdir(d)) if os.path.isdir(d) else []
-    files = [os.path.join(d, f) for f in names if f.endswith(".parquet")]
-    if not files:
+    t = read_partition(prehash_dir, part, S.PREHASH,
+                       ["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"]).combine_chunks()
+    if not t.num_rows:
         return None
-    # one dataset: the files decode on Arrow's threads, in this order (the last entry wins)
-    t = ds.dataset(files, format="parquet").to_table(
-        columns=["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"]).combine_chunks()
     valid = pc.and_(pc.and_(pc.is_valid(t.column("md5")), pc.is_valid(t.column("crc64nvme"))),
                     pc.and_(pc.is_valid(t.column("size")), pc.is_valid(t.column("mtime_ns"))))
     crc = pc.fill_null(t.column("crc64nvme"), 0).to_numpy().astype(">u8").view(np.uint8)
