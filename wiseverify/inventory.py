@@ -39,7 +39,8 @@ from .s3 import S3Target, error_text, strip_etag
 
 
 def write_atomic(table: pa.Table, path: str | os.PathLike,
-                 use_dictionary: bool | list[str] = True) -> None:
+                 use_dictionary: bool | list[str] = True,
+                 write_statistics: bool | list[str] = True) -> None:
     """Write a Parquet file under a temp name and rename it, so readers never see half a file.
 
     ``use_dictionary`` may name the low-cardinality columns: dictionary-encoding
@@ -50,7 +51,7 @@ def write_atomic(table: pa.Table, path: str | os.PathLike,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     pq.write_table(table, tmp, compression="zstd", compression_level=1,
-                   use_dictionary=use_dictionary)
+                   use_dictionary=use_dictionary, write_statistics=write_statistics)
     os.replace(tmp, path)
 
 

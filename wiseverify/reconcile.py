@@ -40,7 +40,7 @@ from . import ingest as INGEST
 from . import schema as S
 from . import settle as SETTLE
 from .evidence import Evidence, compare_posix_metadata, encryption_of, plan_evidence
-from .inventory import read_partition
+from .inventory import read_partition, write_atomic
 from .match import Matched, match_table
 from .s3 import S3Target
 
@@ -445,14 +445,8 @@ def write_output(table: pa.Table, path: Path) -> None:
     row group per partition, hash-partitioned) they prune nothing and cost 10%
     of the write.
     """
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=1,
-                   use_dictionary=list(DICTIONARY_COLUMNS),
-                   write_statistics=list(DICTIONARY_COLUMNS))
-    os.replace(tmp, path)
+    write_atomic(table, path, use_dictionary=list(DICTIONARY_COLUMNS),
+                 write_statistics=list(DICTIONARY_COLUMNS))
 
 
 def _col(m: pd.DataFrame, name: str) -> list:
