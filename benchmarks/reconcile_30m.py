@@ -79,8 +79,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from wiseverify import inventory as INV
 from wiseverify import keys as K
 from wiseverify import schema as S
 
@@ -140,17 +140,17 @@ def _b64_crc(values: np.ndarray) -> list[str]:
 
 
 def _partition_and_write(table: pa.Table, base: Path, nparts: int, tag: str) -> None:
+    """One file per partition, as ``inventory.compact`` writes them (repeats dropped, zstd 1)."""
     parts = K.partition_of(table.column("nkey").to_numpy(zero_copy_only=False), nparts)
     order = np.argsort(parts, kind="stable")
-    table = table.take(pa.array(order))
+    table = INV.drop_repeats(table).take(pa.array(order))
     parts = parts[order]
     bounds = np.searchsorted(parts, np.arange(nparts + 1))
     for p in range(nparts):
         lo, hi = int(bounds[p]), int(bounds[p + 1])
         if hi > lo:
-            d = base / f"part={p:05d}"
-            d.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table.slice(lo, hi - lo), d / f"{tag}.parquet", compression="zstd")
+            INV.write_partition_file(table.slice(lo, hi - lo),
+                                     base / f"part={p:05d}" / f"{tag}.parquet")
 
 
 def generate_chunk(inv: str, chunk: int, lo: int, hi: int, nparts: int, seed: int,
@@ -358,7 +358,8 @@ DUCKDB_SCRIPT = textwrap.dedent("""
     c0, t0 = cpu(), time.monotonic()
     con.execute(f'''
     COPY (
-      SELECT coalesce(s.key, d.key) AS key, s.key_bytes, d.key AS dst_key,
+      SELECT coalesce(s.key, d.key) AS key, coalesce(s.key_bytes, encode(s.key)) AS key_bytes,
+        d.key AS dst_key,
         CASE WHEN d.key IS NULL THEN 'MISSING_IN_DEST'
              WHEN s.key IS NULL THEN 'EXTRA_IN_DEST'
              WHEN s.size <> d.size THEN 'SIZE_MISMATCH' END AS status,

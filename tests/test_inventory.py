@@ -184,6 +184,35 @@ def test_unicode_twins_share_a_partition():
     assert parts[0] == parts[1]
 
 
+def test_partition_files_store_the_key_once_and_read_back_whole(tmp_path):
+    """compact keeps key_bytes/nkey only where they differ from key; reading restores them."""
+    root = tmp_path / "t"
+    (root / "plain").mkdir(parents=True)
+    names = [b"plain/a.txt", b"plain/b.txt", "caf\u00e9-nfc.txt".encode(),
+             unicodedata.normalize("NFD", "caf\u00e9-nfd.txt").encode(), b"caf\xe9-latin1.txt"]
+    for n in names:
+        (root / os.fsdecode(n)).write_bytes(b"x")
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "spool.arrow"))
+    spooled = INV.read_spool(res["spool"]).sort_by("key")
+    INV.compact([res["spool"]], str(tmp_path / "inv"), 1, "c0")
+    files = list((tmp_path / "inv" / "part=00000").glob("*.parquet"))
+    import pyarrow.parquet as pq
+
+    stored = pq.read_table(files[0]).to_pydict()
+    kept = {k: (kb, nk) for k, kb, nk in zip(stored["key"], stored["key_bytes"], stored["nkey"],
+                                             strict=True)}
+    assert kept["plain/a.txt"] == (None, None)  # the same bytes three times: stored once
+    assert kept["caf\u00e9-nfc.txt"] == (None, None)
+    nfd = unicodedata.normalize("NFD", "caf\u00e9-nfd.txt")
+    assert kept[nfd] == (None, "caf\u00e9-nfd.txt")  # its NFC form differs
+    assert kept["caf\\xe9-latin1.txt"] == (b"caf\xe9-latin1.txt", None)  # its bytes differ
+    back = INV.read_partition(str(tmp_path / "inv"), 0, S.SOURCE_INVENTORY).sort_by("key")
+    assert back.equals(spooled.select(S.SOURCE_INVENTORY.names))
+    sub = INV.read_partition(str(tmp_path / "inv"), 0, S.SOURCE_INVENTORY, ["key_bytes", "size"])
+    assert sub.column_names == ["key_bytes", "size"]
+    assert sorted(sub.column("key_bytes").to_pylist()) == sorted(names)
+
+
 def test_key_names():
     assert K.name_problem(b"ok/name.txt") is None
     assert "UTF-8" in K.name_problem(b"caf\xe9")
