@@ -37,7 +37,7 @@ from . import schema as S
 from .evidence import ALGO_COST
 from .ingest import REPORT_ALGOS
 from .inventory import read_partition
-from .match import Matched, take_index
+from .match import Matched
 
 #: digests a prehash table holds (digest.PREHASH_SPEC): evidence needing only these is settled
 KNOWN_ALGOS = ("md5", "crc64nvme")
@@ -69,6 +69,20 @@ def _strings(chars: np.ndarray) -> pa.Array:
     offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
                                                   pa.py_buffer(np.ascontiguousarray(chars))])
+
+
+def with_validity(arr: pa.Array | pa.ChunkedArray, valid: np.ndarray) -> pa.Array:
+    """``arr`` where ``valid``, null elsewhere, sharing ``arr``'s value buffers.
+
+    ``arr`` must hold a value wherever ``valid`` is True.  Masking a column this
+    way costs a bitmap; ``if_else`` against a null copied every string of it.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.offset or pa.types.is_boolean(arr.type):
+        return pc.if_else(pa.array(valid), arr, pa.scalar(None, arr.type))
+    bits = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(arr.type, len(arr), [bits, *arr.buffers()[1:]])
 
 
 #: the two hex characters of each byte value, as one uint16 in memory order
@@ -121,8 +135,7 @@ def _np(arr) -> np.ndarray:
 def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
     """The prehashed digests of one partition (``pipeline._known_for``'s files and order).
 
-    With ``_md5_hex``/``_crc_hex`` (the digests as a listing and the output
-    write them) and ``_valid`` (both digests present).
+    With ``_valid``: both digests, the size and the mtime present.
     """
     if not prehash_dir:
         return None
@@ -132,10 +145,7 @@ def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
         return None
     valid = pc.and_(pc.and_(pc.is_valid(t.column("md5")), pc.is_valid(t.column("crc64nvme"))),
                     pc.and_(pc.is_valid(t.column("size")), pc.is_valid(t.column("mtime_ns"))))
-    crc = pc.fill_null(t.column("crc64nvme"), 0).to_numpy().astype(">u8").view(np.uint8)
-    return (t.append_column("_md5_hex", hex_rows(_fixed(t.column("md5"), 16)))
-            .append_column("_crc_hex", hex_rows(crc.reshape(-1, 8)))
-            .append_column("_valid", valid))
+    return t.append_column("_valid", valid)
 
 
 def report_choice(run_dir: str, part: int, dst_rel: pa.Array, etag: pa.Array,
@@ -242,11 +252,18 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
     # so the (slow) pattern matching is left to the few rows where it differs
     known = known_table(prehash_dir, part)
     at = _known_rows(mt, known, facts, size) if known is not None else np.full(n, -1)
-    by_at = take_index(at)
+    has_known = at >= 0
     md5_hex = crc_hex = pa.nulls(n, pa.string())
-    if known is not None and (at >= 0).any():
-        md5_hex = known.column("_md5_hex").take(by_at)
-        crc_hex = known.column("_crc_hex").take(by_at)
+    if has_known.any():
+        # the raw digests gathered into partition order, then hexed once, as the
+        # listing and the output spell them
+        hit = np.flatnonzero(has_known)
+        md5 = np.zeros((n, 16), np.uint8)
+        md5[hit] = _fixed(known.column("md5"), 16)[at[hit]]
+        crc = np.zeros(n, ">u8")
+        crc[hit] = pc.fill_null(known.column("crc64nvme"), 0).to_numpy()[at[hit]]
+        md5_hex = with_validity(hex_rows(md5), has_known)
+        crc_hex = with_validity(hex_rows(crc.view(np.uint8).reshape(n, 8)), has_known)
     same = _np(pc.equal(md5_hex, pc.ascii_lower(etag)))
     multipart, md5_etag = np.zeros(n, bool), same.copy()
     rest = np.flatnonzero(cand & ~same)
@@ -275,17 +292,18 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
     # that differs is checked for SSE-KMS/SSE-C by a HeadObject: left to the per-row path.
     etag_md5 = by_etag & same & facts
     m = pa.array(etag_md5)
+    md5_out = with_validity(md5_hex, etag_md5)  # the same digest is both sides' value
     cols: dict[str, pa.Array | pa.ChunkedArray] = {
         "status": pc.if_else(m, S.MATCH, _null(pa.string())),
         "detail": pa.nulls(n, pa.string()),
         "verified_by": pc.if_else(m, "etag-md5", _null(pa.string())),
-        "dst_parts": pc.if_else(m, pa.scalar(1, pa.int32()), _null(pa.int32())),
+        "dst_parts": pa.array(np.ones(n, np.int32), mask=~etag_md5),
         "dst_checksum_algorithm": pa.nulls(n, pa.string()),
         "dst_checksum_type": pa.nulls(n, pa.string()),
-        "dst_checksum": pc.if_else(m, md5_hex, _null(pa.string())),
-        "src_digest": pc.if_else(m, md5_hex, _null(pa.string())),
-        "src_crc64nvme": pc.if_else(m, crc_hex, _null(pa.string())),
-        "bytes_read_src": pc.if_else(m, size_col, _null(pa.int64())),
+        "dst_checksum": md5_out,
+        "src_digest": md5_out,
+        "src_crc64nvme": with_validity(crc_hex, etag_md5),
+        "bytes_read_src": with_validity(size_col, etag_md5),
     }
     # the few others: report values and ETags that cannot be an MD5
     few: list[pa.Table] = []
