@@ -48,11 +48,16 @@ Then, in the same run:
 2. DuckDB (its own subprocess, ``--duckdb-threads`` threads, default = cores):
    the FULL OUTER JOIN of the same two Parquet inventories on ``key``, with
    the listing verdicts (missing / extra / size) and the joined columns written
-   to one Parquet file.
+   to one Parquet file - the ratio the target is set on; then, unless
+   ``--skip-same-output``, a second query that writes what the tool writes: all
+   30 reconciliation columns, with content decided by joining the prehash
+   table (source digests) and the checksum report, ETag MD5 for single-part
+   objects (``ratio_same_output``).
 
 Printed: walls, per-stage seconds summed over partitions, the peak RSS of every
 process (driver, each worker, DuckDB), the status counts against the expected
-ones.  Last line: ``RESULT reconcile_30m ours=<s> duckdb=<s> ratio=<r> peak_rss_gb=<g>``
+ones.  Last line: ``RESULT reconcile_30m ours=<s> duckdb=<s> ratio=<r> peak_rss_gb=<g>
+duckdb_same_output=<s> ratio_same_output=<r>``
 where peak_rss_gb is the largest of the tool's processes (driver and workers).
 """
 
@@ -343,7 +348,7 @@ def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int
 DUCKDB_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
     import duckdb
-    inv, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    inv, out, threads, same_output = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     con = duckdb.connect()
     con.execute(f"SET threads={threads}")
     con.execute("SET preserve_insertion_order=false")
@@ -379,16 +384,88 @@ DUCKDB_SCRIPT = textwrap.dedent("""
     counts = dict(con.execute(
         f"SELECT coalesce(status, 'other'), count(*) FROM read_parquet('{out}') GROUP BY 1"
     ).fetchall())
+    same = {}
+    if same_output:
+        # the tool's whole table: every reconciliation column, content decided by the
+        # prehashed digests against the listed ETag (single part) or the checksum report
+        pre = f"read_parquet('{inv}/prehash/*/*.parquet', hive_partitioning=false)"
+        rep = f"read_parquet('{inv}/checksums/*/*.parquet', hive_partitioning=false)"
+        src_h = src.replace("hive_partitioning=false", "hive_partitioning=true")
+        out2 = out + ".same.parquet"
+        c0, t0 = cpu(), time.monotonic()
+        con.execute(f'''
+        COPY (
+          WITH j AS (
+            SELECT s.*, d.key AS d_key, d.size AS d_size, d.etag, d.last_modified_ns,
+              d.storage_class, d.checksum_algorithm AS d_algo, s.part AS s_part,
+              coalesce(s.key_bytes, encode(s.key)) AS kb,
+              lower(hex(p.md5)) AS md5_hex, lower(printf('%016x', p.crc64nvme)) AS crc_hex,
+              to_base64(unhex(printf('%016x', p.crc64nvme))) AS crc_b64, r.checksum, r.report
+            FROM {src_h} s FULL OUTER JOIN {dst} d ON s.key = d.key
+            LEFT JOIN {pre} p ON p.key_bytes = coalesce(s.key_bytes, encode(s.key))
+              AND p.size = s.size AND p.mtime_ns = s.mtime_ns
+            LEFT JOIN (SELECT * FROM {rep} WHERE error IS NULL AND algorithm = 'CRC64NVME') r
+              ON r.key = d.key),
+          v AS (
+            SELECT *, CASE
+              WHEN kind <> 'file' THEN 'SKIPPED'
+              WHEN d_key IS NULL THEN 'MISSING_IN_DEST'
+              WHEN key IS NULL THEN 'EXTRA_IN_DEST'
+              WHEN size <> d_size THEN 'SIZE_MISMATCH'
+              WHEN checksum IS NOT NULL AND crc_b64 IS NOT NULL THEN
+                CASE WHEN checksum = crc_b64 THEN 'MATCH' ELSE 'CONTENT_MISMATCH' END
+              WHEN lower(etag) = md5_hex THEN 'MATCH' END AS status,
+              checksum IS NOT NULL AND crc_b64 IS NOT NULL AS by_report
+            FROM j)
+          SELECT coalesce(key, d_key) AS key, coalesce(kb, encode(d_key)) AS key_bytes,
+            'data/' || d_key AS dst_key, status,
+            CASE WHEN status IN ('MATCH', 'CONTENT_MISMATCH') THEN
+              CASE WHEN by_report THEN 'crc64nvme' ELSE 'etag-md5' END END AS verified_by,
+            CASE status WHEN 'MISSING_IN_DEST' THEN 'no object under this key'
+              WHEN 'EXTRA_IN_DEST' THEN 'object has no source file'
+              WHEN 'SKIPPED' THEN 'symbolic link, not followed'
+                || CASE WHEN d_key IS NOT NULL THEN ', an object exists under this key' ELSE '' END
+              WHEN 'SIZE_MISMATCH' THEN 'source ' || size || ' bytes, destination ' || d_size
+                || ' bytes'
+              WHEN 'CONTENT_MISMATCH' THEN 'crc64nvme: source ' || crc_b64 || ' != destination '
+                || checksum || ' (' || report || ')'
+              WHEN 'MATCH' THEN CASE WHEN by_report THEN 'CRC64NVME from S3 Batch Operations '
+                || 'compute-checksum report ' || report END END AS detail,
+            kind AS src_kind, size AS src_size, d_size AS dst_size, mtime_ns AS src_mtime_ns,
+            ctime_ns AS src_ctime_ns, ino AS src_ino, uid AS src_uid, gid AS src_gid,
+            mode AS src_mode, etag AS dst_etag, last_modified_ns AS dst_last_modified_ns,
+            storage_class AS dst_storage_class,
+            CASE WHEN status IN ('MATCH', 'CONTENT_MISMATCH') THEN
+              CASE WHEN etag LIKE '%-%' THEN CAST(split_part(etag, '-', 2) AS INTEGER)
+                   ELSE 1 END END AS dst_parts,
+            CAST(NULL AS BIGINT) AS dst_part_size,
+            CASE WHEN by_report THEN 'crc64nvme' ELSE d_algo END AS dst_checksum_algorithm,
+            CASE WHEN by_report THEN 'FULL_OBJECT' END AS dst_checksum_type,
+            CASE WHEN status IN ('MATCH', 'CONTENT_MISMATCH') THEN
+              CASE WHEN by_report THEN checksum ELSE md5_hex END END AS dst_checksum,
+            CASE WHEN status IN ('MATCH', 'CONTENT_MISMATCH') THEN
+              CASE WHEN by_report THEN crc_b64 ELSE md5_hex END END AS src_digest,
+            CASE WHEN status IN ('MATCH', 'CONTENT_MISMATCH') THEN crc_hex END
+              AS src_crc64nvme,
+            false AS metadata_checked,
+            CASE WHEN status IN ('MATCH', 'CONTENT_MISMATCH') THEN size END AS bytes_read_src,
+            CAST(NULL AS BIGINT) AS bytes_read_dst, CAST(s_part AS INTEGER) AS partition,
+            'duckdb' AS evidence_run
+          FROM v
+        ) TO '{out2}' (FORMAT parquet, COMPRESSION zstd)''')
+        same = {"wall": time.monotonic() - t0, "cpu": cpu() - c0, "counts": dict(con.execute(
+            f"SELECT coalesce(status, 'other'), count(*) FROM read_parquet('{out2}') GROUP BY 1"
+        ).fetchall())}
     print(json.dumps({"wall": wall, "cpu": used, "join_wall": join_wall, "join_cpu": join_cpu,
-                      "counts": counts,
+                      "counts": counts, "same": same,
                       "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """)
 
 
-def run_duckdb(inv: Path, out: Path, threads: int) -> dict:
+def run_duckdb(inv: Path, out: Path, threads: int, same_output: bool) -> dict:
     """DuckDB in its own process, so its peak RSS is its own."""
-    p = subprocess.run([sys.executable, "-c", DUCKDB_SCRIPT, str(inv), str(out), str(threads)],
-                       capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", DUCKDB_SCRIPT, str(inv), str(out), str(threads),
+                        "1" if same_output else "0"], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"duckdb failed:\n{p.stderr[-3000:]}")
     last = p.stdout.strip().splitlines()[-1]
@@ -441,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate both sides this many times; the best of each is compared")
     ap.add_argument("--skip-duckdb", action="store_true")
+    ap.add_argument("--skip-same-output", action="store_true",
+                    help="skip DuckDB's second query, which writes the tool's whole table")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the inventories already in --workdir (no generation)")
@@ -491,12 +570,18 @@ def main(argv: list[str] | None = None) -> int:
                                               args.threads_per_worker, args.head_min_size))
                 report_ours(ours_runs[-1], gen["expected"], rep)
             if not args.skip_duckdb:
-                duck_runs.append(run_duckdb(inv, work / "duckdb.parquet", args.duckdb_threads))
+                duck_runs.append(run_duckdb(inv, work / "duckdb.parquet", args.duckdb_threads,
+                                            not args.skip_same_output))
                 d = duck_runs[-1]
                 print(f"duckdb [{rep + 1}]: {d['wall']:.2f} s ({d['cpu']:.1f} CPU s, "
                       f"{args.duckdb_threads} threads) FULL OUTER JOIN written to Parquet; "
                       f"join alone (counts only) {d['join_wall']:.2f} s ({d['join_cpu']:.1f} CPU s)"
                       f"; peak RSS {gb(d['peak'])}; listing verdicts {d['counts']}", flush=True)
+                if d["same"]:
+                    print(f"duckdb same output [{rep + 1}]: {d['same']['wall']:.2f} s "
+                          f"({d['same']['cpu']:.1f} CPU s): the tool's 30 columns, content "
+                          f"decided from the prehash table and the checksum report; statuses "
+                          f"{d['same']['counts']}", flush=True)
 
         driver = peak_rss_bytes()
         print(f"driver (benchmark, scheduler): peak RSS {gb(driver)}")
@@ -507,8 +592,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.repeat > 1:
                 print(f"best of {args.repeat}: ours {ours:.2f} s, duckdb {duck:.2f} s "
                       f"(join alone {min(r['join_wall'] for r in duck_runs):.2f} s)")
+            same = [r["same"]["wall"] for r in duck_runs if r["same"]]
+            extra = (f" duckdb_same_output={min(same):.2f} ratio_same_output="
+                     f"{ours / min(same):.2f}" if same else "")
             print(f"RESULT reconcile_30m ours={ours:.2f} duckdb={duck:.2f} "
-                  f"ratio={ours / duck:.2f} peak_rss_gb={peak / 1e9:.2f}")
+                  f"ratio={ours / duck:.2f} peak_rss_gb={peak / 1e9:.2f}{extra}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
