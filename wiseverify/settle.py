@@ -291,23 +291,20 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
     # the bulk: single-part objects whose ETag is the source MD5 - MATCH by etag-md5.  An MD5
     # that differs is checked for SSE-KMS/SSE-C by a HeadObject: left to the per-row path.
     etag_md5 = by_etag & same & facts
-    m = pa.array(etag_md5)
-    md5_out = with_validity(md5_hex, etag_md5)  # the same digest is both sides' value
-    cols: dict[str, pa.Array | pa.ChunkedArray] = {
-        "status": pc.if_else(m, S.MATCH, _null(pa.string())),
-        "detail": pa.nulls(n, pa.string()),
-        "verified_by": pc.if_else(m, "etag-md5", _null(pa.string())),
-        "dst_parts": pa.array(np.ones(n, np.int32), mask=~etag_md5),
-        "dst_checksum_algorithm": pa.nulls(n, pa.string()),
-        "dst_checksum_type": pa.nulls(n, pa.string()),
-        "dst_checksum": md5_out,
-        "src_digest": md5_out,
-        "src_crc64nvme": with_validity(crc_hex, etag_md5),
-        "bytes_read_src": with_validity(size_col, etag_md5),
-    }
-    # the few others: report values and ETags that cannot be an MD5
+    # the others: report values (a few percent of a partition) and ETags that cannot be an MD5
     few: list[pa.Table] = []
-    ok = np.flatnonzero(rep_known & facts & (at >= 0))
+    ok = np.flatnonzero(rep_known & facts & has_known)
+    # every row compared with a prehashed digest names the file's CRC64NVME and size
+    hashed = etag_md5.copy()
+    hashed[ok] = True
+    md5_out = with_validity(md5_hex, etag_md5)  # the same digest is both sides' value
+    bulk: dict[str, tuple] = {  # column: (value of the etag-md5 rows, or the whole column)
+        "status": (S.MATCH,), "verified_by": ("etag-md5",), "dst_parts": (1,),
+        "detail": (None,), "dst_checksum_algorithm": (None,), "dst_checksum_type": (None,),
+        "dst_checksum": (md5_out, None), "src_digest": (md5_out, None),
+        "src_crc64nvme": (with_validity(crc_hex, hashed), None),
+        "bytes_read_src": (with_validity(size_col, hashed), None),
+    }
     if len(ok):
         few.append(_report_rows(mt, known, at[ok], ok, etag, rep))
     unv = np.flatnonzero(by_etag & ~md5_etag & has_size)
@@ -319,19 +316,41 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
                           detail=pa.array(texts, pa.string()),
                           dst_parts=pa.array(np.ones(k, np.int32))))
     mask = etag_md5.copy()
-    if few:
-        # the few rows are disjoint from the bulk (null there) and from each other:
-        # written in place, in position order, rather than spread to full length first
+    t = _table(np.zeros(0, np.int64))
+    if few:  # in position order: replace_with_mask takes its values in that order
         t = pa.concat_tables(few)
-        t = t.take(pc.sort_indices(t.column("_pos")))
-        pos = t.column("_pos").to_numpy()
-        mask[pos] = True
-        at_few = np.zeros(n, bool)
-        at_few[pos] = True
-        m_few = pa.array(at_few)
-        cols = {c: pc.replace_with_mask(cols[c], m_few, t.column(c).combine_chunks())
-                for c in COLUMNS}
+        t = t.take(pc.sort_indices(t.column("_pos"))).combine_chunks()
+    pos = t.column("_pos").to_numpy()
+    mask[pos] = True
+    cols = {c: _column(n, etag_md5, bulk[c], pos, t.column(c).chunk(0) if len(t) else
+                       pa.nulls(0, typ))
+            for c, typ in COLUMNS.items()}
     return Settled(mask, cols) if mask.any() else None
+
+
+def _column(n: int, rows: np.ndarray, bulk: tuple, pos: np.ndarray, values: pa.Array) -> pa.Array:
+    """One settled column: the bulk's value at ``rows``, ``values`` at ``pos``, null elsewhere.
+
+    ``bulk`` is ``(constant,)`` or ``(whole column, None)``; ``rows`` and ``pos`` are
+    disjoint.  Each column is built in one pass: a constant and the few values through
+    a small dictionary, a whole column by replacing only where ``values`` has any.
+    """
+    if len(bulk) == 2:
+        whole = bulk[0]
+        if not len(values) or values.null_count == len(values):
+            return whole
+        at = np.zeros(n, bool)
+        at[pos] = True
+        return pc.replace_with_mask(whole, pa.array(at), values)
+    enc = values.dictionary_encode() if len(values) else None
+    words = enc.dictionary if enc is not None else pa.array([], values.type)
+    codes = np.full(n, -1, np.int32)
+    if bulk[0] is not None:
+        codes[rows] = len(words)
+        words = pa.concat_arrays([words, pa.array([bulk[0]], values.type)])
+    if enc is not None:
+        codes[pos] = pc.fill_null(enc.indices, -1).to_numpy()
+    return words.take(pa.array(codes, mask=codes < 0))
 
 
 def _table(pos: np.ndarray, **cols) -> pa.Table:
@@ -383,8 +402,7 @@ def _report_rows(mt: Matched, known: pa.Table, at: np.ndarray, ok: np.ndarray, e
                   detail=pc.if_else(same, note, mismatch), verified_by=algo,
                   dst_parts=_etag_parts(etag.take(pa.array(ok))), dst_checksum_algorithm=algo,
                   dst_checksum_type=rep["ctype"].take(sel), dst_checksum=expected,
-                  src_digest=got, src_crc64nvme=hex_rows(crc),
-                  bytes_read_src=mt.column("src_size").take(pa.array(ok)))
+                  src_digest=got)
 
 
 def _etag_parts(etag: pa.Array) -> pa.Array:
