@@ -70,12 +70,14 @@ KIND_ERROR = "error"
 
 # --- tables -----------------------------------------------------------------
 
-#: one row per source entry (files and the non-regular entries we report)
+#: one row per source entry (files and the non-regular entries we report).
+#: (*) partition files hold these only where they differ from ``key``
+#: (``inventory.drop_repeats``); ``inventory.read_partition`` fills them back in.
 SOURCE_INVENTORY = pa.schema(
     [
         ("key", pa.string()),  # display key, backslashreplace for non-UTF-8
-        ("key_bytes", pa.binary()),  # exact relative path bytes
-        ("nkey", pa.string()),  # NFC-normalised key: partition and name-match key
+        ("key_bytes", pa.binary()),  # exact relative path bytes (*)
+        ("nkey", pa.string()),  # NFC-normalised key: partition and name-match key (*)
         ("kind", pa.string()),
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
@@ -96,7 +98,7 @@ SOURCE_INVENTORY = pa.schema(
 DEST_INVENTORY = pa.schema(
     [
         ("key", pa.string()),  # relative to the destination prefix
-        ("nkey", pa.string()),
+        ("nkey", pa.string()),  # (*) as in SOURCE_INVENTORY
         ("size", pa.int64()),
         ("etag", pa.string()),  # without quotes
         ("last_modified_ns", pa.int64()),
