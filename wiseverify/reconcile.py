@@ -523,10 +523,17 @@ def _assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
         sv = settled.columns
     else:
         sv = {c: pa.nulls(n, typ) for c, typ in SETTLE.COLUMNS.items()}
-    # listing verdicts, then settled ones; each row has at most one of the two
-    status = pc.coalesce(pa.array(mt.status, pa.string()), sv["status"])
-    detail = pc.coalesce(pa.array(mt.detail, pa.string()), sv["detail"])
-    verified_by = sv["verified_by"]
+    # settled verdicts, and the listing's at the (few) rows it decided: each row has at
+    # most one of the two, and only the listing's rows go through Python objects
+    status, detail, verified_by = sv["status"], sv["detail"], sv["verified_by"]
+    decided = np.flatnonzero(~mt.open)  # Matched.decide sets a status and closes the row
+    if len(decided):
+        at = np.zeros(n, bool)
+        at[decided] = True
+        status = pc.replace_with_mask(status, pa.array(at),
+                                      pa.array(mt.status[decided].tolist(), pa.string()))
+        detail = pc.replace_with_mask(detail, pa.array(at),
+                                      pa.array(mt.detail[decided].tolist(), pa.string()))
 
     # Unicode-equivalent pairs decided here are reported as such, content result kept
     in_rows = np.zeros(n, bool)
