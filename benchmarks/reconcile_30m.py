@@ -45,7 +45,7 @@ Then, in the same run:
    ``--workers`` processes, submitted through ``pipeline._submit_windowed``
    exactly as ``verify()`` does (match, evidence, digest units, reconcile,
    write ``reconciliation/part-NNNNN.parquet``);
-2. DuckDB (its own subprocess, ``--duckdb-threads`` threads, default = cores):
+2. DuckDB (each query in its own subprocess, ``--duckdb-threads`` threads, default = cores):
    the FULL OUTER JOIN of the same two Parquet inventories on ``key``, with
    the listing verdicts (missing / extra / size) and the joined columns written
    to one Parquet file - the ratio the target is set on; then, unless
@@ -348,7 +348,7 @@ def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int
 DUCKDB_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
     import duckdb
-    inv, out, threads, same_output = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+    inv, out, threads, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     con = duckdb.connect()
     con.execute(f"SET threads={threads}")
     con.execute("SET preserve_insertion_order=false")
@@ -360,38 +360,38 @@ DUCKDB_SCRIPT = textwrap.dedent("""
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
-    c0, t0 = cpu(), time.monotonic()
-    con.execute(f'''
-    COPY (
-      SELECT coalesce(s.key, d.key) AS key, coalesce(s.key_bytes, encode(s.key)) AS key_bytes,
-        d.key AS dst_key,
-        CASE WHEN d.key IS NULL THEN 'MISSING_IN_DEST'
-             WHEN s.key IS NULL THEN 'EXTRA_IN_DEST'
-             WHEN s.size <> d.size THEN 'SIZE_MISMATCH' END AS status,
-        s.kind AS src_kind, s.size AS src_size, d.size AS dst_size,
-        s.mtime_ns AS src_mtime_ns, s.ctime_ns AS src_ctime_ns, s.ino AS src_ino,
-        s.uid AS src_uid, s.gid AS src_gid, s.mode AS src_mode, d.etag AS dst_etag,
-        d.last_modified_ns AS dst_last_modified_ns, d.storage_class AS dst_storage_class,
-        d.checksum_algorithm AS dst_checksum_algorithm
-      FROM {src} s FULL OUTER JOIN {dst} d ON s.key = d.key
-    ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)''')
-    wall, used = time.monotonic() - t0, cpu() - c0
-    c0, t0 = cpu(), time.monotonic()
-    con.execute(f'''
-      SELECT count(*), count(s.key), count(d.key), count(*) FILTER (WHERE s.size <> d.size)
-      FROM {src} s FULL OUTER JOIN {dst} d ON s.key = d.key''').fetchall()
-    join_wall, join_cpu = time.monotonic() - t0, cpu() - c0
-    counts = dict(con.execute(
-        f"SELECT coalesce(status, 'other'), count(*) FROM read_parquet('{out}') GROUP BY 1"
-    ).fetchall())
-    same = {}
-    if same_output:
+    if mode == "plain":
+        c0, t0 = cpu(), time.monotonic()
+        con.execute(f'''
+        COPY (
+          SELECT coalesce(s.key, d.key) AS key, coalesce(s.key_bytes, encode(s.key)) AS key_bytes,
+            d.key AS dst_key,
+            CASE WHEN d.key IS NULL THEN 'MISSING_IN_DEST'
+                 WHEN s.key IS NULL THEN 'EXTRA_IN_DEST'
+                 WHEN s.size <> d.size THEN 'SIZE_MISMATCH' END AS status,
+            s.kind AS src_kind, s.size AS src_size, d.size AS dst_size,
+            s.mtime_ns AS src_mtime_ns, s.ctime_ns AS src_ctime_ns, s.ino AS src_ino,
+            s.uid AS src_uid, s.gid AS src_gid, s.mode AS src_mode, d.etag AS dst_etag,
+            d.last_modified_ns AS dst_last_modified_ns, d.storage_class AS dst_storage_class,
+            d.checksum_algorithm AS dst_checksum_algorithm
+          FROM {src} s FULL OUTER JOIN {dst} d ON s.key = d.key
+        ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)''')
+        wall, used = time.monotonic() - t0, cpu() - c0
+        c0, t0 = cpu(), time.monotonic()
+        con.execute(f'''
+          SELECT count(*), count(s.key), count(d.key), count(*) FILTER (WHERE s.size <> d.size)
+          FROM {src} s FULL OUTER JOIN {dst} d ON s.key = d.key''').fetchall()
+        join_wall, join_cpu = time.monotonic() - t0, cpu() - c0
+        res = {"wall": wall, "cpu": used, "join_wall": join_wall, "join_cpu": join_cpu,
+               "counts": dict(con.execute(
+                   f"SELECT coalesce(status, 'other'), count(*) FROM read_parquet('{out}') "
+                   "GROUP BY 1").fetchall())}
+    else:
         # the tool's whole table: every reconciliation column, content decided by the
         # prehashed digests against the listed ETag (single part) or the checksum report
         pre = f"read_parquet('{inv}/prehash/*/*.parquet', hive_partitioning=false)"
         rep = f"read_parquet('{inv}/checksums/*/*.parquet', hive_partitioning=false)"
         src_h = src.replace("hive_partitioning=false", "hive_partitioning=true")
-        out2 = out + ".same.parquet"
         c0, t0 = cpu(), time.monotonic()
         con.execute(f'''
         COPY (
@@ -452,20 +452,18 @@ DUCKDB_SCRIPT = textwrap.dedent("""
             CAST(NULL AS BIGINT) AS bytes_read_dst, CAST(s_part AS INTEGER) AS partition,
             'duckdb' AS evidence_run
           FROM v
-        ) TO '{out2}' (FORMAT parquet, COMPRESSION zstd)''')
-        same = {"wall": time.monotonic() - t0, "cpu": cpu() - c0, "counts": dict(con.execute(
-            f"SELECT coalesce(status, 'other'), count(*) FROM read_parquet('{out2}') GROUP BY 1"
+        ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)''')
+        res = {"wall": time.monotonic() - t0, "cpu": cpu() - c0, "counts": dict(con.execute(
+            f"SELECT coalesce(status, 'other'), count(*) FROM read_parquet('{out}') GROUP BY 1"
         ).fetchall())}
-    print(json.dumps({"wall": wall, "cpu": used, "join_wall": join_wall, "join_cpu": join_cpu,
-                      "counts": counts, "same": same,
-                      "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    print(json.dumps({**res, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """)
 
 
-def run_duckdb(inv: Path, out: Path, threads: int, same_output: bool) -> dict:
-    """DuckDB in its own process, so its peak RSS is its own."""
+def run_duckdb(inv: Path, out: Path, threads: int, mode: str) -> dict:
+    """One of DuckDB's two queries (``plain``/``same``) in its own process: its own peak RSS."""
     p = subprocess.run([sys.executable, "-c", DUCKDB_SCRIPT, str(inv), str(out), str(threads),
-                        "1" if same_output else "0"], capture_output=True, text=True)
+                        mode], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"duckdb failed:\n{p.stderr[-3000:]}")
     last = p.stdout.strip().splitlines()[-1]
@@ -571,15 +569,18 @@ def main(argv: list[str] | None = None) -> int:
                 report_ours(ours_runs[-1], gen["expected"], rep)
             if not args.skip_duckdb:
                 duck_runs.append(run_duckdb(inv, work / "duckdb.parquet", args.duckdb_threads,
-                                            not args.skip_same_output))
+                                            "plain"))
                 d = duck_runs[-1]
+                d["same"] = None if args.skip_same_output else run_duckdb(
+                    inv, work / "duckdb-same.parquet", args.duckdb_threads, "same")
                 print(f"duckdb [{rep + 1}]: {d['wall']:.2f} s ({d['cpu']:.1f} CPU s, "
                       f"{args.duckdb_threads} threads) FULL OUTER JOIN written to Parquet; "
                       f"join alone (counts only) {d['join_wall']:.2f} s ({d['join_cpu']:.1f} CPU s)"
                       f"; peak RSS {gb(d['peak'])}; listing verdicts {d['counts']}", flush=True)
                 if d["same"]:
                     print(f"duckdb same output [{rep + 1}]: {d['same']['wall']:.2f} s "
-                          f"({d['same']['cpu']:.1f} CPU s): the tool's 30 columns, content "
+                          f"({d['same']['cpu']:.1f} CPU s, peak RSS {gb(d['same']['peak'])}): "
+                          f"the tool's 30 columns, content "
                           f"decided from the prehash table and the checksum report; statuses "
                           f"{d['same']['counts']}", flush=True)
 
