@@ -53,12 +53,13 @@ PY
                 || echo "quickstart: no C compiler; the walk uses its slower ctypes path" >&2
             rm -f "$venv/.wiseverify-installed"
         else
-            echo "quickstart: no C compiler or Python headers; the walk uses its slower ctypes path" >&2
+            echo "quickstart: no C compiler or Python headers; the walk and the key sort use their slower paths" >&2
         fi
     fi
     stamp="$venv/.wiseverify-installed"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ] \
-            || [ setup.py -nt "$stamp" ] || [ wiseverify/_fastwalk.c -nt "$stamp" ]; then
+            || [ setup.py -nt "$stamp" ] || [ wiseverify/_fastwalk.c -nt "$stamp" ] \
+            || [ wiseverify/_fastkeys.c -nt "$stamp" ]; then
         # exact versions the suite was last run with: reproducible, and no resolver backtracking
         "$venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null
         "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[test,bench]" 2>&1 \

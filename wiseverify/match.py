@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import keys as K
 from . import schema as S
 
 SKIP_REASONS = {
@@ -145,14 +146,14 @@ def _pairs(src: pa.Table, dst: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.Chu
     """Source and destination row numbers (-1: absent) of each key, in key order; and the keys.
 
     A hash join on the key alone (Arrow's, in C++), then one sort on the key
-    (the row numbers break ties only when a key repeats): the payload columns
+    (``keys.sort_order``; the row numbers break ties only when a key repeats): the payload columns
     are taken once, afterwards, instead of travelling through the join.
     Duplicate keys on a side pair as in any full outer join (every combination).
     """
     ks = pa.table({"key": src.column("key"), "_si": pa.array(np.arange(src.num_rows))})
     kd = pa.table({"key": dst.column("key"), "_di": pa.array(np.arange(dst.num_rows))})
     j = ks.join(kd, keys="key", join_type="full outer", coalesce_keys=True)
-    j = j.take(pc.sort_indices(j.column("key")))
+    j = j.take(K.sort_order(j.column("key")))
     keys = j.column("key")
     if len(keys) > 1 and pc.any(pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py():
         # a key on a side twice (rare): pairs in row order, so every run gives the same table

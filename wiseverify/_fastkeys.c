@@ -1,0 +1,190 @@
+/*
+ * Byte-wise sort of a partition's keys (the match stage's key order).
+ *
+ * sort_keys(offsets, data, start, n, out) writes into ``out`` (n int64) the
+ * row numbers of an Arrow string/binary array (int32 offsets, no nulls) in
+ * ascending byte order, equal keys in row order: the order
+ * pyarrow.compute.sort_indices gives, at less than half its cost.
+ *
+ * Why it is faster: a comparison sort of 250,000 path-like keys compares long
+ * shared directory prefixes again and again.  Here each key is sorted by 8 bytes
+ * at a time (a 64-bit big-endian word, zero-padded past its end) with a stable
+ * LSD radix sort; only a run of keys whose word is equal goes one word deeper.
+ * Among equal words, keys that end inside the word come first, shortest first
+ * (each is a prefix of the longer ones), so no key is ever compared twice.
+ * Every step is stable and starts from row order, so equal keys stay in row
+ * order.  The GIL is released while sorting.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint64_t k;   /* 8 bytes of the key at the current depth, big-endian */
+    uint32_t i;   /* row number */
+    uint32_t len; /* key length in bytes */
+} rec;
+
+static inline uint64_t word_at(const uint8_t *p, uint32_t len, uint64_t depth)
+{
+    if ((uint64_t)len >= depth + 8) {
+        uint64_t v;
+        memcpy(&v, p + depth, 8);
+        return __builtin_bswap64(v);
+    }
+    uint64_t k = 0;
+    for (uint64_t j = depth; j < len; j++)
+        k |= (uint64_t)p[j] << (56 - 8 * (j - depth));
+    return k;
+}
+
+static void insertion_by_word(rec *a, size_t m)
+{
+    for (size_t i = 1; i < m; i++) {
+        rec x = a[i];
+        size_t j = i;
+        while (j > 0 && a[j - 1].k > x.k) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        a[j] = x;
+    }
+}
+
+static void insertion_by_len(rec *a, size_t m)
+{
+    for (size_t i = 1; i < m; i++) {
+        rec x = a[i];
+        size_t j = i;
+        while (j > 0 && a[j - 1].len > x.len) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        a[j] = x;
+    }
+}
+
+/* stable LSD radix sort of a[0..m) by k; one counting pass for all 8 bytes */
+static void radix_by_word(rec *a, rec *tmp, size_t m)
+{
+    static __thread size_t cnt[8][256];
+    memset(cnt, 0, sizeof cnt);
+    for (size_t j = 0; j < m; j++) {
+        uint64_t k = a[j].k;
+        for (int b = 0; b < 8; b++)
+            cnt[b][(k >> (8 * b)) & 255]++;
+    }
+    rec *src = a, *dst = tmp;
+    for (int b = 0; b < 8; b++) {
+        size_t *c = cnt[b];
+        if (c[(a[0].k >> (8 * b)) & 255] == m)
+            continue; /* every key has the same byte here */
+        size_t sum = 0;
+        for (int v = 0; v < 256; v++) {
+            size_t n = c[v];
+            c[v] = sum;
+            sum += n;
+        }
+        for (size_t j = 0; j < m; j++)
+            dst[c[(src[j].k >> (8 * b)) & 255]++] = src[j];
+        rec *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a)
+        memcpy(a, src, m * sizeof(rec));
+}
+
+static void sort_run(rec *a, rec *tmp, size_t m, uint64_t depth, const int32_t *off,
+                     const uint8_t *data)
+{
+    if (m < 48)
+        insertion_by_word(a, m);
+    else
+        radix_by_word(a, tmp, m);
+    size_t s = 0;
+    while (s < m) {
+        size_t e = s + 1;
+        while (e < m && a[e].k == a[s].k)
+            e++;
+        if (e - s > 1) {
+            /* keys ending inside this word first (stable), then the longer ones */
+            size_t ne = 0, nr;
+            for (size_t j = s; j < e; j++)
+                if ((uint64_t)a[j].len <= depth + 8)
+                    tmp[ne++] = a[j];
+            nr = ne;
+            for (size_t j = s; j < e; j++)
+                if ((uint64_t)a[j].len > depth + 8)
+                    tmp[nr++] = a[j];
+            memcpy(a + s, tmp, (e - s) * sizeof(rec));
+            if (ne > 1)
+                insertion_by_len(a + s, ne);
+            size_t rest = e - s - ne;
+            if (rest > 1) {
+                rec *r = a + s + ne;
+                for (size_t j = 0; j < rest; j++)
+                    r[j].k = word_at(data + off[r[j].i], r[j].len, depth + 8);
+                sort_run(r, tmp, rest, depth + 8, off, data);
+            }
+        }
+        s = e;
+    }
+}
+
+static PyObject *sort_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer offsets, data, out;
+    Py_ssize_t start, n;
+    if (!PyArg_ParseTuple(args, "y*y*nnw*", &offsets, &data, &start, &n, &out))
+        return NULL;
+    PyObject *result = NULL;
+    rec *recs = NULL;
+    if (n < 0 || start < 0 || (size_t)(start + n + 1) * 4 > (size_t)offsets.len
+        || (size_t)n * 8 > (size_t)out.len || n > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "sort_keys: buffers too small for the rows");
+        goto done;
+    }
+    const int32_t *off = (const int32_t *)offsets.buf + start;
+    if (n && (off[0] < 0 || (Py_ssize_t)off[n] > data.len)) {
+        PyErr_SetString(PyExc_ValueError, "sort_keys: offsets outside the data buffer");
+        goto done;
+    }
+    recs = malloc(sizeof(rec) * (size_t)(2 * n + 1));
+    if (!recs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint8_t *bytes = (const uint8_t *)data.buf;
+    int64_t *idx = (int64_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        recs[j].i = (uint32_t)j;
+        recs[j].len = (uint32_t)(off[j + 1] - off[j]);
+        recs[j].k = word_at(bytes + off[j], recs[j].len, 0);
+    }
+    sort_run(recs, recs + n, (size_t)n, 0, off, bytes);
+    for (Py_ssize_t j = 0; j < n; j++)
+        idx[j] = recs[j].i;
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(recs);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"sort_keys", sort_keys, METH_VARARGS,
+     "sort_keys(offsets, data, start, n, out): row numbers of n keys in byte order into out"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastkeys", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__fastkeys(void) { return PyModule_Create(&module); }
