@@ -84,6 +84,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from wiseverify import inventory as INV
 from wiseverify import keys as K
@@ -280,13 +281,36 @@ def generate(inv: Path, rows: int, nparts: int, chunk: int, procs: int, seed: in
     with ProcessPoolExecutor(procs) as pool:
         futs = [pool.submit(generate_chunk, str(inv), c, lo, hi, nparts, seed, head_min_size)
                 for c, lo, hi in bounds]
+        report_rows = []
         for f in futs:
             res = f.result()
             for k, v in res["expected"].items():
                 expected[k] = expected.get(k, 0) + v
             for k in totals:
                 totals[k] += res[k]
+            report_rows.append(res["report"])
+    regroup(inv / "checksums", report_rows, chunk)
     return {"expected": expected, **totals, "files": len(bounds) * nparts}
+
+
+def regroup(side: Path, rows_per_chunk: list[int], group_rows: int) -> None:
+    """One file per compaction group, as the pipeline leaves a side much smaller than the source.
+
+    The pipeline compacts each side in groups of ``group_rows`` spooled rows
+    (``pipeline._groups``), so the checksum report (a few percent of the keys)
+    ends up in one or two files per partition, not one per source chunk.
+    """
+    from wiseverify.pipeline import _groups
+
+    groups = _groups([(f"c{c:05d}", n) for c, n in enumerate(rows_per_chunk)], group_rows)
+    for part in sorted(side.glob("part=*")):
+        for g, names in enumerate(groups):
+            files = [part / f"{name}.parquet" for name in names]
+            tables = [pq.read_table(f) for f in files if f.exists()]
+            for f in files:
+                f.unlink(missing_ok=True)
+            if tables:
+                INV.write_partition_file(pa.concat_tables(tables), part / f"g{g:05d}.parquet")
 
 
 # --- ours -------------------------------------------------------------------------------------
