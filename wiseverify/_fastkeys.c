@@ -40,25 +40,14 @@ static inline uint64_t word_at(const uint8_t *p, uint32_t len, uint64_t depth)
     return k;
 }
 
-static void insertion_by_word(rec *a, size_t m)
+/* stable insertion sort of a small run, by the word or (keys ending in it) by length */
+static inline void insertion(rec *a, size_t m, int by_len)
 {
     for (size_t i = 1; i < m; i++) {
         rec x = a[i];
+        uint64_t xk = by_len ? x.len : x.k;
         size_t j = i;
-        while (j > 0 && a[j - 1].k > x.k) {
-            a[j] = a[j - 1];
-            j--;
-        }
-        a[j] = x;
-    }
-}
-
-static void insertion_by_len(rec *a, size_t m)
-{
-    for (size_t i = 1; i < m; i++) {
-        rec x = a[i];
-        size_t j = i;
-        while (j > 0 && a[j - 1].len > x.len) {
+        while (j > 0 && (by_len ? a[j - 1].len : a[j - 1].k) > xk) {
             a[j] = a[j - 1];
             j--;
         }
@@ -101,7 +90,7 @@ static void sort_run(rec *a, rec *tmp, size_t m, uint64_t depth, const int32_t *
                      const uint8_t *data)
 {
     if (m < 48)
-        insertion_by_word(a, m);
+        insertion(a, m, 0);
     else
         radix_by_word(a, tmp, m);
     size_t s = 0;
@@ -121,7 +110,7 @@ static void sort_run(rec *a, rec *tmp, size_t m, uint64_t depth, const int32_t *
                     tmp[nr++] = a[j];
             memcpy(a + s, tmp, (e - s) * sizeof(rec));
             if (ne > 1)
-                insertion_by_len(a + s, ne);
+                insertion(a + s, ne, 1);
             size_t rest = e - s - ne;
             if (rest > 1) {
                 rec *r = a + s + ne;
