@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             meta.write_text(json.dumps(gen))
         size = sum(f.stat().st_size for f in inv.rglob("*.parquet"))
         print(f"generated: source {gen['src']:,} rows, destination {gen['dst']:,} rows, "
-              f"report {gen['report']:,} rows, {gen['files']:,} files per table, "
+              f"report {gen['report']:,} rows, {gen['files']:,} files per inventory side, "
               f"{gb(size)} of Parquet ({gen.get('seconds', 0):.1f} s)", flush=True)
 
         ours_runs: list[dict] = []
