@@ -40,8 +40,8 @@ setup_venv() {
             "$python" -m venv "$venv"
         fi
     fi
-    # the walk's C loops (setup.py) need a compiler and Python's headers; without
-    # them the install still succeeds and the walk runs its slower ctypes path
+    # the C loops (setup.py: the walk's and the key sort) need a compiler and Python's
+    # headers; without them the install still succeeds and both run their slower paths
     if ! command -v cc >/dev/null 2>&1 || ! "$python" - <<'PY'
 import os, sys, sysconfig
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
@@ -50,7 +50,7 @@ PY
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             ver="$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
             apt_install gcc libc6-dev "python${ver}-dev" || apt_install gcc libc6-dev python3-dev \
-                || echo "quickstart: no C compiler; the walk uses its slower ctypes path" >&2
+                || echo "quickstart: no C compiler; the walk and the key sort use their slower paths" >&2
             rm -f "$venv/.wiseverify-installed"
         else
             echo "quickstart: no C compiler or Python headers; the walk and the key sort use their slower paths" >&2

@@ -528,11 +528,10 @@ def _assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
     status, detail, verified_by = sv["status"], sv["detail"], sv["verified_by"]
     decided = np.flatnonzero(~mt.open)  # Matched.decide sets a status and closes the row
     if len(decided):
-        at = np.zeros(n, bool)
-        at[decided] = True
-        status = pc.replace_with_mask(status, pa.array(at),
+        at = pa.array(~mt.open)
+        status = pc.replace_with_mask(status, at,
                                       pa.array(mt.status[decided].tolist(), pa.string()))
-        detail = pc.replace_with_mask(detail, pa.array(at),
+        detail = pc.replace_with_mask(detail, at,
                                       pa.array(mt.detail[decided].tolist(), pa.string()))
 
     # Unicode-equivalent pairs decided here are reported as such, content result kept

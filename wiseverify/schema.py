@@ -113,7 +113,7 @@ DEST_INVENTORY = pa.schema(
 CHECKSUM_REPORT = pa.schema(
     [
         ("key", pa.string()),  # relative to the destination prefix
-        ("nkey", pa.string()),
+        ("nkey", pa.string()),  # (*) as in SOURCE_INVENTORY
         ("version_id", pa.string()),
         ("algorithm", pa.string()),  # CRC64NVME, CRC32C, CRC32, SHA1, SHA256, MD5
         ("checksum_type", pa.string()),  # FULL_OBJECT or COMPOSITE

@@ -298,12 +298,12 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
     hashed = etag_md5.copy()
     hashed[ok] = True
     md5_out = with_validity(md5_hex, etag_md5)  # the same digest is both sides' value
-    bulk: dict[str, tuple] = {  # column: (value of the etag-md5 rows, or the whole column)
-        "status": (S.MATCH,), "verified_by": ("etag-md5",), "dst_parts": (1,),
-        "detail": (None,), "dst_checksum_algorithm": (None,), "dst_checksum_type": (None,),
-        "dst_checksum": (md5_out, None), "src_digest": (md5_out, None),
-        "src_crc64nvme": (with_validity(crc_hex, hashed), None),
-        "bytes_read_src": (with_validity(size_col, hashed), None),
+    bulk: dict = {  # column: the etag-md5 rows' value, or the whole column as an array
+        "status": S.MATCH, "verified_by": "etag-md5", "dst_parts": 1,
+        "detail": None, "dst_checksum_algorithm": None, "dst_checksum_type": None,
+        "dst_checksum": md5_out, "src_digest": md5_out,
+        "src_crc64nvme": with_validity(crc_hex, hashed),
+        "bytes_read_src": with_validity(size_col, hashed),
     }
     if len(ok):
         few.append(_report_rows(mt, known, at[ok], ok, etag, rep))
@@ -322,32 +322,33 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
         t = t.take(pc.sort_indices(t.column("_pos"))).combine_chunks()
     pos = t.column("_pos").to_numpy()
     mask[pos] = True
-    cols = {c: _column(n, etag_md5, bulk[c], pos, t.column(c).chunk(0) if len(t) else
+    at_pos = pa.array(mask & ~etag_md5)  # the rows of t, for replace_with_mask
+    cols = {c: _column(n, etag_md5, bulk[c], pos, at_pos, t.column(c).chunk(0) if len(t) else
                        pa.nulls(0, typ))
             for c, typ in COLUMNS.items()}
     return Settled(mask, cols) if mask.any() else None
 
 
-def _column(n: int, rows: np.ndarray, bulk: tuple, pos: np.ndarray, values: pa.Array) -> pa.Array:
-    """One settled column: the bulk's value at ``rows``, ``values`` at ``pos``, null elsewhere.
+def _column(n: int, rows: np.ndarray, bulk, pos: np.ndarray, at_pos: pa.Array,
+            values: pa.Array) -> pa.Array:
+    """One settled column: ``bulk`` at ``rows``, ``values`` at ``pos``, null elsewhere.
 
-    ``bulk`` is ``(constant,)`` or ``(whole column, None)``; ``rows`` and ``pos`` are
-    disjoint.  Each column is built in one pass: a constant and the few values through
-    a small dictionary, a whole column by replacing only where ``values`` has any.
+    ``bulk`` is the value of every row at ``rows``, or a whole column (an array,
+    null outside ``rows``); ``rows`` and ``pos`` are disjoint, and ``at_pos`` is
+    ``pos`` as a mask.  Each column is built in one pass: a value and the few
+    others through a small dictionary, a whole column by replacing only where
+    ``values`` has any.
     """
-    if len(bulk) == 2:
-        whole = bulk[0]
+    if isinstance(bulk, pa.Array):
         if not len(values) or values.null_count == len(values):
-            return whole
-        at = np.zeros(n, bool)
-        at[pos] = True
-        return pc.replace_with_mask(whole, pa.array(at), values)
+            return bulk
+        return pc.replace_with_mask(bulk, at_pos, values)
     enc = values.dictionary_encode() if len(values) else None
     words = enc.dictionary if enc is not None else pa.array([], values.type)
     codes = np.full(n, -1, np.int32)
-    if bulk[0] is not None:
+    if bulk is not None:
         codes[rows] = len(words)
-        words = pa.concat_arrays([words, pa.array([bulk[0]], values.type)])
+        words = pa.concat_arrays([words, pa.array([bulk], values.type)])
     if enc is not None:
         codes[pos] = pc.fill_null(enc.indices, -1).to_numpy()
     return words.take(pa.array(codes, mask=codes < 0))
