@@ -258,13 +258,21 @@ def _run_metered(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
     return res, wall, sum(seen.values())
 
 
-def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str]) -> Run:
-    """``wiseverify verify`` as a subprocess, wall-clock timed from exec to exit."""
+def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str],
+             src: str | None = None) -> Run:
+    """``wiseverify verify`` as a subprocess, wall-clock timed from exec to exit.
+
+    ``src``: a checkout whose ``wiseverify`` package runs instead of the
+    installed one (put first on PYTHONPATH, for the driver and every worker),
+    so a change is timed against its base in the same run.
+    """
     exe = Path(sys.executable).parent / "wiseverify"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "wiseverify.cli"]
+    cmd = [str(exe)] if exe.exists() and not src else [sys.executable, "-m", "wiseverify.cli"]
     cmd += ["verify", str(fx.root), f"s3://{BUCKET}/{PREFIX}", "--out", str(out),
             "--endpoint-url", s3.url, "--mode", mode, *extra]
     env = dict(os.environ, **FAKE_CREDENTIALS)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     print(f"\n$ {' '.join(cmd)}   [{load()}]", flush=True)
     cpu0 = _endpoint_cpu(s3)
     p, wall, cpu = _run_metered(cmd, env)
@@ -381,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="repeats for the readback comparison (default: --repeat)")
     ap.add_argument("--skip-readback", action="store_true")
     ap.add_argument("--ours-args", default="", help="extra arguments for wiseverify verify")
+    ap.add_argument("--baseline-src", metavar="DIR",
+                    help="also time the wiseverify package of this checkout (stored mode, "
+                         "alternating with ours): the before of a change")
     ap.add_argument("--rclone-args", default="", help="extra arguments for rclone check")
     args = ap.parse_args(argv)
 
@@ -403,11 +414,20 @@ def main(argv: list[str] | None = None) -> int:
             check_fixture(s3, fx)
             ours_x, rclone_x = args.ours_args.split(), args.rclone_args.split()
 
-            ours, theirs = [], []
+            ours, theirs, before = [], [], []
             for i in range(args.repeat):
+                if args.baseline_src:
+                    before.append(run_ours(fx, s3, base / f"before-{i}" / "run", "stored",
+                                           ours_x, args.baseline_src))
                 ours.append(run_ours(fx, s3, base / f"stored-{i}" / "run", "stored", ours_x))
                 theirs.append(run_rclone(fx, s3, False, rclone_x))
             stored_line = report("verify_vs_rclone", ours, theirs, 0.5)
+            if before:
+                best_before = min(r.wall for r in before)
+                best_ours = min(r.wall for r in ours)
+                lines.append(f"RESULT verify_vs_rclone_baseline before={best_before:.2f} "
+                             f"after={best_ours:.2f} ratio={best_ours / best_before:.2f} "
+                             f"before_src={args.baseline_src}")
             if not args.skip_readback:
                 ours_rb, theirs_rb = [], []
                 for i in range(args.readback_repeat or args.repeat):

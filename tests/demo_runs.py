@@ -22,7 +22,7 @@ _CACHE: dict[str, object] = {}
 
 @pytest.fixture(scope="session")
 def demo_run(s3, dask_client, tmp_path_factory) -> Path:
-    """RUNS_ROOT/dryrun-1: a finished run of the demo tree (FAIL, 8 discrepancies)."""
+    """RUNS_ROOT/dryrun-1: a finished run of the demo tree (FAIL, 9 discrepancies)."""
     if "run" not in _CACHE:
         src = tmp_path_factory.mktemp("demo-source") / "source"
         bucket = "demo-" + uuid.uuid4().hex[:10]

@@ -273,6 +273,12 @@ def test_settled_rows_equal_the_per_row_path(s3, bucket, tmp_path, monkeypatch, 
     root.mkdir()
     case = _every_case(root)
     target = S3Target.parse(f"s3://{bucket}/pfx", endpoint_url=s3.url)
+    if metadata == "auto":
+        # the metadata sample must find objects to look at: without user metadata, as a
+        # Snowball import, so the ETag rows are settled as before
+        c = s3.client()
+        for row in case.dst:
+            c.put_object(Bucket=bucket, Key="pfx/" + row["key"], Body=b"")
     tables = {}
     for settle in (True, False):
         run = tmp_path / f"run-{settle}"

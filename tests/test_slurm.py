@@ -126,7 +126,7 @@ def _sbatch(args: list[str], out_dir: Path, env: dict[str, str], *flags: str):
 
 def _assert_readable_output(text: str, job_id: str) -> None:
     assert f"wiseverify: job {job_id}" in text
-    assert "verdict: FAIL (8 discrepancies)" in text
+    assert "verdict: FAIL (9 discrepancies)" in text
     assert "wiseverify FAIL run=" in text
     assert "wiseverify: finished: discrepancies found (exit 1)" in text
     assert "Traceback" not in text, text

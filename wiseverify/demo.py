@@ -81,6 +81,12 @@ def build_fixture(root: Path, s3: LocalS3, bucket: str, prefix: str = "wise/",
     bad[5 * MiB + 2 * MiB] ^= 0x10
     put_multipart(plain, bucket, prefix + key, bytes(bad), 5 * MiB)
     expect[key] = S.CONTENT_MISMATCH
+    # multipart, ETag only, in a legal but irregular layout (6, 5, 7 MiB and a 1 MiB tail):
+    # part 1 and the size fit 6 MiB parts, so the mismatch is confirmed against every part
+    key = "big/multipart_irregular.bin"
+    data = _write(root / key, rng.randbytes(19 * MiB))
+    put_multipart(plain, bucket, prefix + key, data, [6 * MiB, 5 * MiB, 7 * MiB, 1 * MiB])
+    expect[key] = S.MATCH
     # same size, different bytes, single part
     key = "docs/edited.txt"
     data = _write(root / key, b"approved version 1\n")
@@ -113,6 +119,14 @@ def build_fixture(root: Path, s3: LocalS3, bucket: str, prefix: str = "wise/",
             meta["file-permissions"] = "0100666"
         put(name, data, "CRC64NVME", Metadata=meta)
         expect[name] = S.METADATA_MISMATCH if wrong else S.MATCH
+    # a small single-part object (no HEAD wanted for its content) with a wrong file-mtime:
+    # the metadata sample of meta/ finds file-* keys, so every object there is HEADed
+    p = root / "meta" / "small_mtime.txt"
+    data = _write(p, b"small file, stored mtime wrong\n")
+    meta = posix_metadata(p.lstat())
+    meta["file-mtime"] = f"{p.lstat().st_mtime_ns - 3_600_000_000_000}ns"
+    put("meta/small_mtime.txt", data, Metadata=meta)
+    expect["meta/small_mtime.txt"] = S.METADATA_MISMATCH
     # names and kinds that are never opened or cannot be keys
     raw = os.fsencode(root) + b"/data/caf\xe9.txt"
     with open(raw, "wb") as f:
@@ -147,7 +161,7 @@ def run_demo(out: str, workers: int | None = None) -> int:
         expect = build_fixture(base / "source", s3, "demo-bucket", "wise/")
         print("demo: uploaded to s3://demo-bucket/wise/ with injected discrepancies: missing, "
               "extra, truncated, a bit flip in a multipart object with no stored checksum, "
-              "an NFD key, a wrong stored mode", flush=True)
+              "an NFD key, a wrong stored mode and mtime", flush=True)
         argv = ["verify", str(base / "source"), "s3://demo-bucket/wise/", "--out",
                 str(base / "run"), "--endpoint-url", s3.url]
         if workers:

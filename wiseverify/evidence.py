@@ -49,6 +49,8 @@ class Evidence:
     unverified: str | None = None  # UNVERIFIED reason
     requests: int = 0
     note: str | None = None  # where the expected value came from when not from S3 itself
+    layout: str | None = None  # an irregular part layout, as HEADs of every part gave it
+    layout_assumed: bool = False  # part offsets inferred from part 1: confirm before a mismatch
 
 
 def _uniform_offsets(size: int, part: int, n: int) -> tuple[int, ...] | None:
@@ -70,8 +72,14 @@ async def _head(client, target: S3Target, key: str, ev: Evidence, **kw) -> dict:
 
 
 async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str,
-                   head_min_size: int) -> Evidence:
-    """Decide the evidence for one candidate row (source and object sizes already equal)."""
+                   head_min_size: int, prefetched: dict | None = None) -> Evidence:
+    """Decide the evidence for one candidate row (source and object sizes already equal).
+
+    ``metadata`` is this row's: ``all`` when its object's POSIX metadata must
+    be compared (``metascope``), so a HEAD is made whatever the content
+    evidence.  ``prefetched`` is a ``HeadObject(ChecksumMode=ENABLED)`` answer
+    already in hand (the metadata sample's), used instead of a second request.
+    """
     ev = Evidence()
     size = int(row["src_size"])
     key = target.prefix + row["dst_rel"]
@@ -103,7 +111,9 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
 
         rev = report_evidence(row)
         if rev is not None:
-            if metadata == "all":
+            if prefetched is not None:
+                rev.metadata = prefetched.get("Metadata") or {}
+            elif metadata == "all":
                 try:
                     rev.metadata = (await _head(client, target, key, rev)).get("Metadata") or {}
                 except Exception as exc:
@@ -113,22 +123,24 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
     want_checksum = bool(algos) and (
         multipart or size >= head_min_size or not MD5_RE.match(etag)
     )
-    head: dict | None = None
-    if want_checksum or metadata == "all":
+    head: dict | None = prefetched
+    if head is None and (want_checksum or metadata == "all"):
         try:
             head = await _head(client, target, key, ev, ChecksumMode="ENABLED")
         except Exception as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 ev.error = "object disappeared since listing (HeadObject 404)"
                 return ev
-            if multipart or not MD5_RE.match(etag):
+            if multipart or not MD5_RE.match(etag) or metadata == "all":
+                # the ETag would still prove a single-part object's content, but not
+                # the metadata this object must be compared on
                 ev.error = error_text(exc, "HeadObject")
                 return ev
-            head = None  # the ETag still proves a single-part object
-        if head is not None:
-            ev.metadata = head.get("Metadata") or {}
-            ev.sse = head.get("ServerSideEncryption") or head.get("SSECustomerAlgorithm")
-            ev.checksum_type = head.get("ChecksumType")
+            head = None
+    if head is not None:
+        ev.metadata = head.get("Metadata") or {}
+        ev.sse = head.get("ServerSideEncryption") or head.get("SSECustomerAlgorithm")
+        ev.checksum_type = head.get("ChecksumType")
 
     stored: list[tuple[str, str]] = []
     if head is not None:
@@ -189,28 +201,18 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
         ev.error = f"ETag says {nparts} parts but HeadObject reports PartsCount {count}"
         return ev
     offsets = _uniform_offsets(size, first, int(count or 0))
+    ev.parts, ev.part_size = int(count or 0), first
+    ev.layout_assumed = offsets is not None
     if offsets is None:
         # irregular parts: ask for each part's length
-        lengths = [first]
-
-        async def part_len(i: int) -> int:
-            h = await _head(client, target, key, ev, PartNumber=i)
-            return int(h["ContentLength"])
-
         try:
-            lengths += await gather_limited(range(2, int(count) + 1), part_len, 8)
+            lengths = [first] + await part_lengths(client, target, key, int(count), ev, start=2)
         except Exception as exc:
             ev.error = error_text(exc, "HeadObject PartNumber")
             return ev
-        if sum(lengths) != size:
-            ev.error = f"part lengths add up to {sum(lengths)}, object size is {size}"
+        if not apply_layout(ev, lengths, size):
             return ev
-        acc, offs = 0, []
-        for n in lengths:
-            offs.append(acc)
-            acc += n
-        offsets = tuple(offs)
-    ev.parts, ev.part_size = len(offsets), first
+        offsets = ev.spec.part_offsets
 
     if composite:
         a, v = composite[0]
@@ -226,16 +228,80 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
     return ev
 
 
-def plan_evidence(rows: list[dict], target: S3Target, mode: str, metadata: str,
-                  head_min_size: int, concurrency: int = 32) -> list[Evidence]:
-    """Evidence for every candidate row of a partition, HEADs sent concurrently."""
+async def part_lengths(client, target: S3Target, key: str, count: int, ev: Evidence,
+                       start: int = 1) -> list[int]:
+    """The length of parts ``start..count``, one ``HeadObject(PartNumber=i)`` each."""
+
+    async def part_len(i: int) -> int:
+        h = await _head(client, target, key, ev, PartNumber=i)
+        return int(h["ContentLength"])
+
+    return await gather_limited(range(start, count + 1), part_len, 8)
+
+
+def layout_text(lengths: list[int]) -> str:
+    """A part layout for ``detail``: runs of equal parts, e.g. ``3 x 6291456 + 1048576``."""
+    runs: list[list[int]] = []
+    for n in lengths:
+        if runs and runs[-1][1] == n:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, n])
+    return " + ".join(f"{c} x {n}" if c > 1 else str(n) for c, n in runs)
+
+
+def is_regular(lengths: list[int]) -> bool:
+    """Every part but the last of one size, the last no larger: what a part size describes."""
+    return all(n == lengths[0] for n in lengths[:-1]) and lengths[-1] <= lengths[0]
+
+
+def apply_layout(ev: Evidence, lengths: list[int], size: int) -> bool:
+    """Set ``ev``'s part offsets from the true part lengths; False (and ``ev.error``) if they
+    do not add up to the object's size."""
+    if sum(lengths) != size:
+        ev.error = f"part lengths add up to {sum(lengths)}, object size is {size}"
+        return False
+    offs, acc = [], 0
+    for n in lengths:
+        offs.append(acc)
+        acc += n
+    ev.spec = Spec(whole=ev.spec.whole, parts=ev.spec.parts, part_offsets=tuple(offs))
+    ev.parts = len(lengths)
+    regular = is_regular(lengths)
+    ev.part_size = lengths[0] if regular else None
+    ev.layout = None if regular else f"parts {layout_text(lengths)} (HeadObject of every part)"
+    return True
+
+
+def true_layout(target: S3Target, key: str, count: int, ev: Evidence) -> list[int]:
+    """Every part's length, from a HEAD of each: the layout a mismatch is confirmed against."""
+
+    async def _all():
+        client = await target.client()
+        return await part_lengths(client, target, key, count, ev)
+
+    return target.run(_all)
+
+
+def plan_evidence(rows: list[dict], target: S3Target, mode: str, metadata: str | list[str],
+                  head_min_size: int, concurrency: int = 32,
+                  prefetched: list[dict | None] | None = None) -> list[Evidence]:
+    """Evidence for every candidate row of a partition, HEADs sent concurrently.
+
+    ``metadata`` is the run's setting, or one per row; ``prefetched`` one
+    HEAD answer (or None) per row.
+    """
     if not rows:
         return []
+    per_row = [metadata] * len(rows) if isinstance(metadata, str) else metadata
+    heads = prefetched if prefetched is not None else [None] * len(rows)
 
     async def _all():
         client = await target.client()
         return await gather_limited(
-            rows, lambda r: plan_one(client, target, r, mode, metadata, head_min_size),
+            range(len(rows)),
+            lambda i: plan_one(client, target, rows[i], mode, per_row[i], head_min_size,
+                               heads[i]),
             concurrency,
         )
 

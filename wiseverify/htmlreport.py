@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from . import schema as S
-from .report import reconciliation_files
+from .report import metadata_line, reconciliation_files
 
 #: discrepancies shown in the page; the rest are in discrepancies.csv
 FIRST_N = 200
@@ -358,6 +358,9 @@ def render(run_dir: str | os.PathLike, summary: dict, first_n: int = FIRST_N) ->
     if summary.get("verified_by"):
         ev = ", ".join(f"{_e(k)} {v:,}" for k, v in summary["verified_by"].items())
         add(f'<p>Content evidence: {summary.get("content_verified", 0):,} keys ({ev}).</p>')
+    md = metadata_line(summary.get("metadata"))
+    if md:
+        add(f'<p id="metadata">{_e(md[0].upper() + md[1:])}.</p>')
 
     # status by top-level directory
     rows = fold_dirs(data["by_dir"])

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "wiseverify-local",
@@ -103,15 +103,27 @@ def local_s3(log_path: str | None = None) -> Iterator[LocalS3]:
         yield s3
 
 
-def put_multipart(client, bucket: str, key: str, data: bytes, part_size: int,
+def put_multipart(client, bucket: str, key: str, data: bytes, part_size: int | Sequence[int],
                   checksum: str | None = None, metadata: dict | None = None) -> str:
-    """Upload ``data`` in parts of ``part_size``; returns the ETag (without quotes)."""
+    """Upload ``data`` in parts of ``part_size``; returns the ETag (without quotes).
+
+    A list of sizes uploads parts of exactly those lengths (an irregular but
+    legal layout: every part but the last at least 5 MiB); they must add up to
+    the data's length.
+    """
+    if isinstance(part_size, int):
+        bounds = [(off, min(part_size, len(data) - off)) for off in range(0, len(data), part_size)]
+    else:
+        if sum(part_size) != len(data):
+            raise ValueError(f"part sizes add up to {sum(part_size)}, data is {len(data)} bytes")
+        starts = [sum(part_size[:i]) for i in range(len(part_size))]
+        bounds = list(zip(starts, part_size, strict=True))
     kw = {"ChecksumAlgorithm": checksum} if checksum else {}
     up = client.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata or {}, **kw)
     parts = []
-    for i, off in enumerate(range(0, len(data), part_size), start=1):
+    for i, (off, length) in enumerate(bounds, start=1):
         r = client.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=i,
-                               Body=data[off : off + part_size], **kw)
+                               Body=data[off : off + length], **kw)
         p = {"ETag": r["ETag"], "PartNumber": i}
         if checksum:
             p["Checksum" + checksum] = r["Checksum" + checksum]

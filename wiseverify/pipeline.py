@@ -448,7 +448,8 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
 
     finished = datetime.now(UTC)
     summary = REP.build_summary(
-        run_id=run_id, root=root, dest=target.url, mode=cfg.mode, totals=totals,
+        run_id=run_id, root=root, dest=target.url, mode=cfg.mode, metadata=cfg.metadata,
+        totals=totals,
         started=started, finished=finished, nparts=nparts, stats=stats,
         workers=sorted(workers), hostname=socket.gethostname(),
         timings={"inventory_s": round(t_inv - t0, 3), "partition_s": round(t_part - t_inv, 3),

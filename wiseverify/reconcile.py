@@ -37,12 +37,21 @@ from . import carry as C
 from . import digest as D
 from . import hsm
 from . import ingest as INGEST
+from . import metascope as MS
 from . import schema as S
 from . import settle as SETTLE
-from .evidence import Evidence, compare_posix_metadata, encryption_of, plan_evidence
+from .evidence import (
+    Evidence,
+    apply_layout,
+    compare_posix_metadata,
+    encryption_of,
+    layout_text,
+    plan_evidence,
+    true_layout,
+)
 from .inventory import read_partition, write_atomic
 from .match import Matched, match_table
-from .s3 import S3Target
+from .s3 import S3Target, error_text
 
 
 @dataclass(frozen=True)
@@ -108,19 +117,26 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     lap("match")
     _skip_released(ctx, mt)
     open_pos = np.flatnonzero(mt.open)
+    # whose metadata must be compared: decided from a sample before anything is settled
+    scope = MS.scope(ctx.target, mt.column("dst_rel").take(pa.array(open_pos, pa.int64())),
+                     open_pos, len(mt), ctx.metadata, ctx.mode, ctx.head_concurrency)
+    lap("metadata")
     carried_at: dict[int, dict] = {}
     if ctx.previous_run and len(open_pos):
         m_open = mt.frame(open_pos)
         prev = C.load_previous(Path(ctx.previous_run), part, m_open["key"].tolist())
+        # a verdict that did not compare metadata is not carried where it must be compared
         carried_at = {int(open_pos[i]): p for i, p in
-                      C.carry_over(m_open, list(range(len(open_pos))), prev).items()}
+                      C.carry_over(m_open, list(range(len(open_pos))), prev).items()
+                      if p["metadata_checked"] or not scope.head[open_pos[i]]}
         if carried_at:
             still = np.zeros(len(mt), bool)
             still[open_pos] = True
             still[np.fromiter(carried_at, np.int64)] = False
             open_pos = np.flatnonzero(still)
         lap("carry")
-    settled = SETTLE.settle(mt, open_pos, run_dir=ctx.run_dir, part=part, mode=ctx.mode,
+    settled = SETTLE.settle(mt, open_pos[~scope.head[open_pos]], run_dir=ctx.run_dir,
+                            part=part, mode=ctx.mode,
                             metadata=ctx.metadata, head_min_size=ctx.head_min_size,
                             prehash_dir=prehash_dir)
     if settled is not None:
@@ -134,8 +150,18 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     cand_rows = [_row_dict(m, i) for i in cand_idx]
     if ctx.mode == "stored":  # entries of a --checksum-report, read for this partition only
         INGEST.attach_checksums(ctx.run_dir, part, cand_rows)
-    evs = plan_evidence(cand_rows, ctx.target, ctx.mode, ctx.metadata, ctx.head_min_size,
-                        ctx.head_concurrency)
+    # rows of a prefix whose metadata sample had no answer at all are errors, not requests;
+    # the sample's answers stand in for the HEAD of rows whose metadata is compared (the
+    # others are planned exactly as the bulk path settles them)
+    ask = [j for j, p in enumerate(open_pos) if int(p) not in scope.failed]
+    meta = [scope.head[open_pos[j]] for j in ask]
+    asked = iter(plan_evidence([cand_rows[j] for j in ask], ctx.target, ctx.mode,
+                               ["all" if h else ctx.metadata for h in meta],
+                               ctx.head_min_size, ctx.head_concurrency,
+                               [scope.heads.get(int(open_pos[j])) if h else None
+                                for j, h in zip(ask, meta, strict=True)]))
+    evs = [Evidence(error=scope.failed[int(p)]) if int(p) in scope.failed else next(asked)
+           for p in open_pos]
     broot = os.fsencode(ctx.root)
     evidence: dict[int, Evidence] = {}
     items: list[D.FileItem] = []
@@ -161,8 +187,9 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     units = D.make_units(items, unit_bytes, unit_files, range_bytes)
     lap("evidence")
     return {"part": part, "frame": m, "evidence": evidence, "units": units,
-            "carried": carried, "requests": sum(e.requests for e in evs),
-            "matched": mt, "positions": positions, "settled": settled, "stage_s": stage_s}
+            "carried": carried, "requests": scope.requests + sum(e.requests for e in evs),
+            "matched": mt, "positions": positions, "settled": settled, "stage_s": stage_s,
+            "meta_head": scope.head[positions], "meta_sample": scope.counts()}
 
 
 def _skip_released(ctx: Context, mt: Matched) -> None:
@@ -284,6 +311,45 @@ def _computed(ev: Evidence, res: dict) -> tuple[str | None, list[str]]:
     return None, []
 
 
+def _confirm_layout(ctx: Context, m: pd.DataFrame, i: int, ev: Evidence, size: int) -> dict:
+    """Before a rebuilt multipart ETag or composite checksum is reported as different.
+
+    The layout came from part 1 and the arithmetic ``(N-1) x P + last == size``,
+    which also holds for legal irregular layouts (parts of 6, 5, 7 MiB and a
+    1 MiB tail).  Every part is HEADed; if the true layout is another, the
+    source is hashed again with it and that digest decides.  Returns
+    ``status``/``detail`` for a row decided here (an error); else ``same``,
+    ``got`` (None: the first digest stands) and ``layout`` (for ``detail``);
+    and always the ``bytes`` read again.
+    """
+    key = ctx.target.prefix + m.at[i, "dst_rel"]
+    try:
+        lengths = true_layout(ctx.target, key, int(ev.parts or 0), ev)
+    except Exception as exc:
+        return {"status": S.DEST_ERROR, "bytes": 0,
+                "detail": f"{ev.kind} differs and the part layout could not be confirmed: "
+                          + error_text(exc, "HeadObject PartNumber")}
+    assumed = ev.spec.part_offsets
+    if not apply_layout(ev, lengths, size):
+        return {"status": S.DEST_ERROR, "detail": ev.error, "bytes": 0}
+    if ev.spec.part_offsets == assumed:
+        return {"status": None, "same": False, "got": None, "bytes": 0,
+                "layout": f"part layout {layout_text(lengths)} confirmed by HeadObject of "
+                          "every part"}
+    item = D.FileItem(idx=i, path=os.fsencode(ctx.root) + b"/" + bytes(m.at[i, "key_bytes"]),
+                      size=size, mtime_ns=int(m.at[i, "src_mtime_ns"]), spec=ev.spec)
+    with open_files_lease(ctx):
+        res = D.combine_ranges([D.hash_source_range(r) for r in
+                                D.split_file(item, ctx.range_bytes)], ev.spec, size)
+    if res["error"]:
+        return {"status": S.SOURCE_ERROR, "detail": res["error"], "bytes": res.get("bytes", 0)}
+    got, alts = _computed(ev, res)
+    same = got == ev.expected or any(alt == v for alt in alts for (_, _, v) in ev.alternatives)
+    return {"status": None, "same": same, "got": got, "bytes": res.get("bytes", 0),
+            "layout": f"part layout {layout_text(lengths)} from HeadObject of every part, "
+                      "source hashed again with it"}
+
+
 def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     """Compare digests with evidence, set every row's status, write the partition output."""
     started = time.perf_counter()
@@ -310,6 +376,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     detail = m["detail"].astype(object).where(m["detail"].notna(), None).tolist()
     out["evidence_run"] = [ctx.run_id] * n
     sse_check: list[int] = []
+    meta_head = plan.get("meta_head")
 
     # unchanged on both sides since the previous run: its evidence stands
     for i, prow in plan.get("carried", {}).items():
@@ -366,6 +433,18 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
                 f" ({ev.note})" if ev.note else "")
             if not same and ev.kind == "etag-md5":
                 sse_check.append(i)
+            if not same and ev.layout_assumed:
+                # a uniform layout was assumed from part 1: learn the true one first
+                conf = _confirm_layout(ctx, m, i, ev, size)
+                out["bytes_read_src"][i] = (out["bytes_read_src"][i] or 0) + conf["bytes"]
+                out["dst_parts"][i], out["dst_part_size"][i] = ev.parts, ev.part_size
+                if conf["status"] is not None:
+                    status[i], detail[i] = conf["status"], conf["detail"]
+                    continue
+                if conf["got"] is not None:
+                    got = out["src_digest"][i] = conf["got"]
+                same = conf["same"]
+                what = f"{ev.kind}: source {got} != destination {ev.expected} ({conf['layout']})"
         if not same:
             status[i], detail[i] = S.CONTENT_MISMATCH, what
             continue
@@ -373,12 +452,19 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
         if ctx.metadata != "off":
             checked, diffs = compare_posix_metadata(ev.metadata, row)
             out["metadata_checked"][i] = checked
+            if checked != MS.has_posix(ev.metadata):
+                raise AssertionError(f"metadata present but not compared for {row['key']!r}")
             if diffs:
                 status[i] = S.METADATA_MISMATCH
                 detail[i] = "content equal; metadata differs: " + "; ".join(diffs)
                 continue
+        if meta_head is not None and meta_head[i] and ev.metadata is None:
+            # its prefix carries POSIX metadata: a MATCH must have looked at it
+            raise AssertionError(f"MATCH without the metadata comparison its prefix needs "
+                                 f"for {row['key']!r}")
         status[i] = S.MATCH
-        detail[i] = ev.note  # None unless the evidence came from outside S3's own answers
+        # None unless the evidence came from outside S3's own answers or an irregular layout
+        detail[i] = "; ".join(x for x in (ev.note, ev.layout) if x) or None
 
     # an ETag that is not an MD5 (SSE-KMS, SSE-C) proves nothing either way
     if sse_check:
@@ -422,6 +508,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
         "carried": len(plan.get("carried", {})),
         "units": len(unit_results),
         "units_reused": sum(1 for r in unit_results if r.get("reused")),
+        "metadata_sample": plan.get("meta_sample") or {},
         "open_intervals": [r["open_interval"] for r in unit_results if r.get("open_interval")],
         "stage_s": stage_s,
     }
@@ -609,6 +696,7 @@ def summarize(table: pa.Table) -> dict:
     def total(col: str) -> int:
         return int(pc.sum(table.column(col)).as_py() or 0)
 
+    both = pc.and_(pc.is_valid(table.column("src_size")), pc.is_valid(table.column("dst_size")))
     return {
         "counts": counts,
         "bytes": nbytes,
@@ -616,4 +704,8 @@ def summarize(table: pa.Table) -> dict:
         "bytes_read_src": total("bytes_read_src"),
         "bytes_read_dst": total("bytes_read_dst"),
         "rows": table.num_rows,
+        # objects present on both sides, and those whose stored POSIX metadata was compared
+        "metadata_objects": int(pc.sum(pc.cast(both, pa.int64())).as_py() or 0),
+        "metadata_compared": int(pc.sum(pc.cast(table.column("metadata_checked"),
+                                                pa.int64())).as_py() or 0),
     }

@@ -20,9 +20,16 @@ DISCREPANCY_COLUMNS = ["status", "key", "dst_key", "detail", "verified_by", "src
                        "dst_size", "src_mtime_ns", "dst_etag", "dst_checksum", "src_digest"]
 
 
+#: top-level prefixes named in the summary's metadata section (counts stay complete)
+MAX_PREFIXES = 50
+
+
 def empty_totals() -> dict:
     return {"counts": {}, "bytes": {}, "verified_by": {}, "bytes_read_src": 0,
-            "bytes_read_dst": 0, "rows": 0, "requests": 0, "partitions": 0}
+            "bytes_read_dst": 0, "rows": 0, "requests": 0, "partitions": 0,
+            "metadata_objects": 0, "metadata_compared": 0, "metadata_sampled": 0,
+            "metadata_sampled_without": 0, "metadata_sample_errors": 0,
+            "prefixes_with_metadata": set(), "prefixes_without_metadata": set()}
 
 
 def add_totals(totals: dict, part: dict) -> None:
@@ -30,9 +37,56 @@ def add_totals(totals: dict, part: dict) -> None:
         for name, v in part.get(k, {}).items():
             totals[k][name] = totals[k].get(name, 0) + v
     for k in ("bytes_read_src", "bytes_read_dst", "rows", "requests", "carried", "units",
-              "units_reused"):
+              "units_reused", "metadata_objects", "metadata_compared"):
         totals[k] = totals.get(k, 0) + part.get(k, 0)
+    sample = part.get("metadata_sample") or {}
+    totals["metadata_sampled"] += sample.get("sampled", 0)
+    totals["metadata_sampled_without"] += sample.get("sampled_without_metadata", 0)
+    totals["metadata_sample_errors"] += sample.get("sample_errors", 0)
+    for k in ("prefixes_with_metadata", "prefixes_without_metadata"):
+        names = totals[k]
+        for name in sample.get(k, ()):
+            if len(names) < MAX_PREFIXES:
+                names.add(name)
     totals["partitions"] += 1
+
+
+def metadata_summary(totals: dict, setting: str) -> dict:
+    """What was checked of the stored POSIX metadata, for summary.json and the report.
+
+    A prefix is listed as without metadata only where no partition found any
+    in it.
+    """
+    objects, compared = totals["metadata_objects"], totals["metadata_compared"]
+    with_md = totals["prefixes_with_metadata"]
+    return {
+        "setting": setting,
+        "objects": objects,
+        "compared": compared,
+        "not_compared": objects - compared,
+        "sampled": totals["metadata_sampled"],
+        "sampled_without_metadata": totals["metadata_sampled_without"],
+        "sample_errors": totals["metadata_sample_errors"],
+        "prefixes_with_metadata": sorted(with_md),
+        "prefixes_without_metadata": sorted(totals["prefixes_without_metadata"] - with_md),
+    }
+
+
+def metadata_line(md: dict | None) -> str | None:
+    """``metadata: compared on X of Y objects``, and why not on the rest where it is known."""
+    if not md:
+        return None
+    line = f"metadata: compared on {md['compared']:,} of {md['objects']:,} objects"
+    if md.get("setting") == "off":
+        return line + " (--metadata off)"
+    without = md.get("sampled_without_metadata", 0)
+    if without and not md.get("prefixes_with_metadata"):
+        line += (f"; the destination carries no POSIX metadata on the {md['sampled']:,} "
+                 "objects sampled")
+    elif without:
+        line += (f"; no POSIX metadata on {without:,} of {md['sampled']:,} sampled objects, in "
+                 + ", ".join(repr(p) for p in md["prefixes_without_metadata"][:5]))
+    return line
 
 
 def verdict(counts: dict) -> str:
@@ -45,7 +99,7 @@ def exit_code(summary: dict) -> int:
     return 0 if summary["verdict"] == "PASS" else 1
 
 
-def build_summary(*, run_id: str, root: str, dest: str, mode: str, totals: dict,
+def build_summary(*, run_id: str, root: str, dest: str, mode: str, metadata: str, totals: dict,
                   started: datetime, finished: datetime, nparts: int, stats: dict,
                   workers: list, hostname: str, timings: dict) -> dict:
     counts = {s: totals["counts"].get(s, 0) for s in S.STATUSES}
@@ -63,6 +117,7 @@ def build_summary(*, run_id: str, root: str, dest: str, mode: str, totals: dict,
         "bytes": nbytes,
         "verified_by": dict(sorted(totals["verified_by"].items())),
         "content_verified": sum(totals["verified_by"].values()),
+        "metadata": metadata_summary(totals, metadata),
         "bytes_read_source": totals["bytes_read_src"],
         "bytes_read_destination": totals["bytes_read_dst"],
         "requests": {"list": stats.get("list_requests", 0), "head_get_plan": totals["requests"]},
@@ -135,6 +190,9 @@ def format_table(summary: dict) -> str:
     lines.append(f"{'total':<18} {summary['keys']:>12,}")
     ev = ", ".join(f"{k} {v:,}" for k, v in summary["verified_by"].items()) or "none"
     lines.append(f"content verified: {summary['content_verified']:,} ({ev})")
+    md = metadata_line(summary.get("metadata"))
+    if md:
+        lines.append(md)
     lines.append(
         f"read: source {_human(summary['bytes_read_source'])}, destination "
         f"{_human(summary['bytes_read_destination'])} in {summary['timings']['total_s']:.1f} s"
@@ -148,5 +206,7 @@ def format_table(summary: dict) -> str:
 
 def result_line(summary: dict, run_dir: str) -> str:
     """One final line for schedulers and log scrapers."""
+    md = summary.get("metadata") or {}
+    meta = f" metadata={md['compared']}/{md['objects']}" if md else ""
     return (f"wiseverify {summary['verdict']} run={summary['run_id']} keys={summary['keys']} "
-            f"discrepancies={summary['discrepancies']} out={run_dir}")
+            f"discrepancies={summary['discrepancies']}{meta} out={run_dir}")
