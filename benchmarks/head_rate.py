@@ -98,9 +98,10 @@ def run_cli(root: Path, s3: LocalS3, prefix: str, out: Path) -> dict:
         raise SystemExit(f"wiseverify exited {p.returncode}")
     s = json.loads((out / "summary.json").read_text())
     for line in p.stdout.splitlines():
-        if line.startswith(("metadata:", "wiseverify ")):
+        if line.startswith(("metadata", "wiseverify ")):
             print("  | " + line)
-    return {"wall": wall, "heads": s["requests"]["head_get_plan"], "metadata": s["metadata"],
+    heads = s["requests"]["head_get_plan"] + s["requests"]["metadata_sample"]
+    return {"wall": wall, "heads": heads, "metadata": s["metadata"],
             "counts": {k: v for k, v in s["counts"].items() if v}}
 
 
@@ -126,7 +127,7 @@ def head_loop(s3: LocalS3, keys: list[str], concurrency: int) -> dict:
 
 
 def rclone_metadata(s3: LocalS3, n: int) -> dict:
-    cmd = [venv_bin("rclone"), "lsjson", "-R", "--files-only", "--metadata",
+    cmd = [venv_bin("rclone"), "lsjson", "-R", "--files-only", "--metadata", "--checkers", "32",
            f"{REMOTE}:{BUCKET}/ds"]
     print(f"\n$ {' '.join(cmd)}   [{load()}]", flush=True)
     e0, t0 = _endpoint_cpu(s3), time.monotonic()
@@ -135,7 +136,7 @@ def rclone_metadata(s3: LocalS3, n: int) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"rclone exited {p.returncode}: {p.stderr[-2000:]}")
     rows = json.loads(p.stdout)
-    with_md = sum(1 for r in rows if "mtime" in (r.get("Metadata") or {}))
+    with_md = sum(1 for r in rows if "file-mtime" in (r.get("Metadata") or {}))
     if len(rows) != n or with_md != n:
         raise SystemExit(f"rclone listed {len(rows)} objects, {with_md} with metadata")
     return {"wall": wall, "rate": n / wall, "endpoint_cpu_us": 1e6 * ecpu / n}

@@ -267,7 +267,9 @@ def run_ours(fx: Fixture, s3: LocalS3, out: Path, mode: str, extra: list[str],
     so a change is timed against its base in the same run.
     """
     exe = Path(sys.executable).parent / "wiseverify"
-    cmd = [str(exe)] if exe.exists() and not src else [sys.executable, "-m", "wiseverify.cli"]
+    # -P: the current directory (a checkout of its own) must not shadow ``src``
+    cmd = [str(exe)] if exe.exists() and not src else [sys.executable, *(["-P"] if src else []),
+                                                      "-m", "wiseverify.cli"]
     cmd += ["verify", str(fx.root), f"s3://{BUCKET}/{PREFIX}", "--out", str(out),
             "--endpoint-url", s3.url, "--mode", mode, *extra]
     env = dict(os.environ, **FAKE_CREDENTIALS)
@@ -423,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                 theirs.append(run_rclone(fx, s3, False, rclone_x))
             stored_line = report("verify_vs_rclone", ours, theirs, 0.5)
             if before:
-                best_before = min(r.wall for r in before)
-                best_ours = min(r.wall for r in ours)
+                best_before = min(r.wall_s for r in before)
+                best_ours = min(r.wall_s for r in ours)
                 lines.append(f"RESULT verify_vs_rclone_baseline before={best_before:.2f} "
                              f"after={best_ours:.2f} ratio={best_ours / best_before:.2f} "
                              f"before_src={args.baseline_src}")

@@ -14,7 +14,7 @@ import pytest
 
 from wiseverify import schema as S
 from wiseverify.locals3 import posix_metadata, put_multipart
-from wiseverify.metascope import SAMPLE_PER_GROUP
+from wiseverify.metascope import SAMPLE_PER_PREFIX
 from wiseverify.report import format_table, result_line
 
 from .conftest import read_table
@@ -90,9 +90,10 @@ def test_datasync_tree_wrong_metadata_is_caught_by_default(s3, bucket, tmp_path,
     assert md["prefixes_with_metadata"] == ["study1/"]
     assert "metadata: compared on 90 of 90 objects" in format_table(summary)
     assert " metadata=90/90 " in result_line(summary, str(tmp_path / "r"))
-    # one HEAD per object: the sampled answers are reused by the evidence plan
-    heads = _heads(proxy, bucket)
-    assert sorted(k for k, _ in heads) == sorted("ds/" + k for k in keys)
+    # every object HEADed by the plan; the run's sample HEADed 32 of them before
+    heads = [k for k, _ in _heads(proxy, bucket)]
+    assert set(heads) == {"ds/" + k for k in keys}
+    assert len(heads) == 90 + SAMPLE_PER_PREFIX == 90 + md["sampled"]
     assert proxy.mutating() == []
 
 
@@ -110,14 +111,14 @@ def test_snowball_tree_costs_only_the_sample(s3, bucket, tmp_path, dask_client):
         keys.append(rel)
     with S3Proxy(s3.url) as proxy:
         summary, table = _verify(dask_client, root, f"s3://{bucket}/sb/", tmp_path / "r",
-                                 proxy.url, partitions=1)
+                                 proxy.url, partitions=3)
     assert all(table[k]["status"] == S.MATCH for k in keys)
     assert not any(table[k]["metadata_checked"] for k in keys)
     heads = _heads(proxy, bucket)
     by_group = {g: sum(1 for k, _ in heads if re.match(rf"sb/{g}", k)) for g in ("a/", "b/")}
-    # one partition: a/ sampled (32 of 150), b/ and the root group in full (fewer than 32)
-    assert by_group == {"a/": SAMPLE_PER_GROUP, "b/": 20}
-    assert len(heads) == SAMPLE_PER_GROUP + 20 + 2
+    # one sample for the run (3 partitions): a/ 32 of 150, b/ and the root in full
+    assert by_group == {"a/": SAMPLE_PER_PREFIX, "b/": 20}
+    assert len(heads) == SAMPLE_PER_PREFIX + 20 + 2
     md = summary["metadata"]
     assert md["sampled"] == md["sampled_without_metadata"] == len(heads)
     assert md["compared"] == 0 and md["objects"] == len(keys)
@@ -149,9 +150,10 @@ def test_mixed_destination_both_halves_right(s3, bucket, tmp_path, dask_client):
                for k in sb_keys)
     heads = _heads(proxy, bucket)
     sb_heads = [k for k, _ in heads if k.startswith("mx/snowball/")]
-    assert len(sb_heads) <= 2 * SAMPLE_PER_GROUP  # the sample of each of the 2 partitions
-    assert sorted(k for k, _ in heads if k.startswith("mx/datasync/")) == sorted(
-        "mx/" + k for k in ds_keys)
+    assert len(sb_heads) == SAMPLE_PER_PREFIX  # one sample for the run, not one per partition
+    ds_heads = [k for k, _ in heads if k.startswith("mx/datasync/")]
+    assert set(ds_heads) == {"mx/" + k for k in ds_keys}
+    assert len(ds_heads) == 80 + SAMPLE_PER_PREFIX
     md = summary["metadata"]
     assert md["compared"] == 80 and md["objects"] == 280
     assert md["prefixes_with_metadata"] == ["datasync/"]
@@ -254,10 +256,31 @@ def test_prefix_whose_sample_cannot_be_headed_is_dest_error(s3, bucket, tmp_path
     for k in denied:
         assert table[k]["status"] == S.DEST_ERROR
         assert table[k]["detail"].startswith(
-            f"POSIX metadata could not be sampled: HeadObject failed on all {SAMPLE_PER_GROUP} "
+            f"POSIX metadata could not be sampled: HeadObject failed on all {SAMPLE_PER_PREFIX} "
             "sampled objects under 'denied/' (")
         assert "--metadata off waives the comparison" in table[k]["detail"]
     assert all(table[k]["status"] == S.MATCH and table[k]["metadata_checked"] for k in fine)
     denied_heads = [k for k, _ in _heads(proxy, bucket) if "/denied/" in k]
-    assert len(denied_heads) == SAMPLE_PER_GROUP
-    assert summary["metadata"]["sample_errors"] == SAMPLE_PER_GROUP
+    assert len(denied_heads) == SAMPLE_PER_PREFIX
+    assert summary["metadata"]["sample_errors"] == SAMPLE_PER_PREFIX
+
+
+def test_bottom_k_sample_merges_across_groups():
+    """Each compaction group samples what it holds; merged, that is the union's sample."""
+    import numpy as np
+    import pyarrow as pa
+
+    from wiseverify import keys as K
+    from wiseverify.metascope import merge_samples
+
+    keys = [f"p{i % 3}/d/f{i}" for i in range(1000)] + [f"root{i}" for i in range(5)]
+    hashes = K.key_hash([K.nfc(k) for k in keys])
+    whole = merge_samples([K.sample_by_prefix(pa.array(keys), hashes, 8)], 8)
+    parts = [K.sample_by_prefix(pa.array(keys[i::4]), hashes[i::4], 8) for i in range(4)]
+    assert merge_samples(parts, 8) == whole
+    assert sorted(whole) == ["", "p0/", "p1/", "p2/"]
+    assert len(whole["p1/"]) == 8 and sorted(whole[""]) == [f"root{i}" for i in range(5)]
+    # the smallest hashes of the prefix, whatever the order the keys came in
+    p1 = [k for k in keys if k.startswith("p1/")]
+    h1 = K.key_hash(p1)
+    assert whole["p1/"] == [p1[i] for i in np.argsort(h1, kind="stable")[:8]]

@@ -72,13 +72,12 @@ async def _head(client, target: S3Target, key: str, ev: Evidence, **kw) -> dict:
 
 
 async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str,
-                   head_min_size: int, prefetched: dict | None = None) -> Evidence:
+                   head_min_size: int) -> Evidence:
     """Decide the evidence for one candidate row (source and object sizes already equal).
 
     ``metadata`` is this row's: ``all`` when its object's POSIX metadata must
     be compared (``metascope``), so a HEAD is made whatever the content
-    evidence.  ``prefetched`` is a ``HeadObject(ChecksumMode=ENABLED)`` answer
-    already in hand (the metadata sample's), used instead of a second request.
+    evidence.
     """
     ev = Evidence()
     size = int(row["src_size"])
@@ -111,9 +110,7 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
 
         rev = report_evidence(row)
         if rev is not None:
-            if prefetched is not None:
-                rev.metadata = prefetched.get("Metadata") or {}
-            elif metadata == "all":
+            if metadata == "all":
                 try:
                     rev.metadata = (await _head(client, target, key, rev)).get("Metadata") or {}
                 except Exception as exc:
@@ -123,8 +120,8 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
     want_checksum = bool(algos) and (
         multipart or size >= head_min_size or not MD5_RE.match(etag)
     )
-    head: dict | None = prefetched
-    if head is None and (want_checksum or metadata == "all"):
+    head: dict | None = None
+    if want_checksum or metadata == "all":
         try:
             head = await _head(client, target, key, ev, ChecksumMode="ENABLED")
         except Exception as exc:
@@ -284,24 +281,20 @@ def true_layout(target: S3Target, key: str, count: int, ev: Evidence) -> list[in
 
 
 def plan_evidence(rows: list[dict], target: S3Target, mode: str, metadata: str | list[str],
-                  head_min_size: int, concurrency: int = 32,
-                  prefetched: list[dict | None] | None = None) -> list[Evidence]:
+                  head_min_size: int, concurrency: int = 32) -> list[Evidence]:
     """Evidence for every candidate row of a partition, HEADs sent concurrently.
 
-    ``metadata`` is the run's setting, or one per row; ``prefetched`` one
-    HEAD answer (or None) per row.
+    ``metadata`` is the run's setting, or one per row.
     """
     if not rows:
         return []
     per_row = [metadata] * len(rows) if isinstance(metadata, str) else metadata
-    heads = prefetched if prefetched is not None else [None] * len(rows)
 
     async def _all():
         client = await target.client()
         return await gather_limited(
             range(len(rows)),
-            lambda i: plan_one(client, target, rows[i], mode, per_row[i], head_min_size,
-                               heads[i]),
+            lambda i: plan_one(client, target, rows[i], mode, per_row[i], head_min_size),
             concurrency,
         )
 

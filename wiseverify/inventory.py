@@ -28,6 +28,7 @@ from email.utils import parsedate_to_datetime
 from itertools import repeat
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -965,15 +966,26 @@ def write_partition_file(table: pa.Table, path: Path) -> None:
                  use_dictionary=[c for c in REPEATING_COLUMNS if c in table.column_names])
 
 
-def compact(spool_paths: list[str], out_dir: str, nparts: int, tag: str) -> dict:
-    """Hash-partition a group of spool files into ``out_dir/part=NNNNN/<tag>.parquet``."""
+def compact(spool_paths: list[str], out_dir: str, nparts: int, tag: str,
+            sample_k: int = 0) -> dict:
+    """Hash-partition a group of spool files into ``out_dir/part=NNNNN/<tag>.parquet``.
+
+    With ``sample_k``, the result also holds the group's ``keys.sample_by_prefix``
+    (``sample``): the destination side's metadata sample is drawn here, where
+    every key passes once with its hash already computed.
+    """
     import pyarrow.compute as pc
 
     tables = [read_spool(p) for p in spool_paths]
     if not tables:
-        return {"rows": 0}
+        return {"rows": 0, "sample": {}}
     table = pa.concat_tables(tables)
-    parts = K.partition_of(table.column("nkey").to_numpy(zero_copy_only=False), nparts)
+    if nparts > 1 or sample_k:
+        hashes = K.key_hash(table.column("nkey").to_numpy(zero_copy_only=False))
+        parts = K.partition_of(None, nparts, hashes)
+    else:
+        hashes, parts = None, np.zeros(table.num_rows, np.int32)
+    sample = K.sample_by_prefix(table.column("key"), hashes, sample_k) if sample_k else {}
     table = drop_repeats(table).append_column("_p", pa.array(parts, pa.int32()))
     table = table.sort_by("_p")
     pcol = table.column("_p")
@@ -984,7 +996,7 @@ def compact(spool_paths: list[str], out_dir: str, nparts: int, tag: str) -> dict
         chunk = table.slice(offset, n).drop_columns(["_p"])
         offset += n
         write_partition_file(chunk, Path(out_dir) / f"part={p:05d}" / f"{tag}.parquet")
-    return {"rows": table.num_rows}
+    return {"rows": table.num_rows, "sample": sample}
 
 
 def read_partition(inv_dir: str, part: int, schema: pa.Schema,

@@ -45,17 +45,61 @@ def nfc(key: str) -> str:
     return key if key.isascii() else unicodedata.normalize("NFC", key)
 
 
-def partition_of(nkeys: np.ndarray | list[str] | pd.Series, n: int) -> np.ndarray:
-    """Stable partition number of each NFC key (same result in every process).
+def key_hash(nkeys: np.ndarray | list[str] | pd.Series) -> np.ndarray:
+    """Stable 64-bit hash of each NFC key (same result in every process).
 
     pandas' hash_array uses SipHash with a fixed key, so a worker on another
-    node computes the same bucket for the same key.
+    node computes the same value for the same key.
     """
     arr = np.asarray(nkeys, dtype=object)
-    if n <= 1 or len(arr) == 0:
-        return np.zeros(len(arr), dtype=np.int32)
-    h = pd.util.hash_array(arr, categorize=False)
+    if len(arr) == 0:
+        return np.zeros(0, np.uint64)
+    return pd.util.hash_array(arr, categorize=False)
+
+
+def partition_of(nkeys: np.ndarray | list[str] | pd.Series, n: int,
+                 hashes: np.ndarray | None = None) -> np.ndarray:
+    """Stable partition number of each NFC key: its :func:`key_hash` modulo ``n``."""
+    count = len(hashes) if hashes is not None else len(nkeys)
+    if n <= 1 or count == 0:
+        return np.zeros(count, dtype=np.int32)
+    h = key_hash(nkeys) if hashes is None else hashes
     return (h % np.uint64(n)).astype(np.int32)
+
+
+def top_prefixes(rel: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The top-level prefix of each relative key: ``"a/"`` for ``a/b/c``, ``""`` for ``c``."""
+    slash = pc.fill_null(pc.match_substring(rel, "/"), False)
+    head = pc.replace_substring_regex(rel, r"(?s)/.*", "/", max_replacements=1)
+    out = pc.if_else(slash, head, "")
+    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+
+def sample_by_prefix(keys: pa.Array | pa.ChunkedArray, hashes: np.ndarray,
+                     k: int) -> dict[str, list[tuple[int, str]]]:
+    """The ``k`` keys of smallest hash under each top-level prefix, as ``(hash, key)``.
+
+    A bottom-k sample: uniform over each prefix's keys, the same on every run
+    of the same keys, and mergeable - the bottom k of several groups' bottom k
+    is the bottom k of their union - so each compaction group samples the
+    keys it holds and the driver keeps ``k`` per prefix.
+    """
+    if not len(keys) or k <= 0:
+        return {}
+    enc = top_prefixes(keys).dictionary_encode()
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    order = np.lexsort((hashes, codes))
+    sc = codes[order]
+    first = np.ones(len(sc), bool)
+    first[1:] = sc[1:] != sc[:-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(sc)), 0))
+    take = order[np.arange(len(sc)) - start < k]
+    names = enc.dictionary.to_pylist()
+    out: dict[str, list[tuple[int, str]]] = {}
+    key_list = pc.take(keys, pa.array(take)).to_pylist()
+    for c, h, key in zip(codes[take].tolist(), hashes[take].tolist(), key_list, strict=True):
+        out.setdefault(names[c], []).append((h, key))
+    return out
 
 
 def join_key(prefix: str, key: str) -> str:

@@ -37,6 +37,7 @@ from . import carry as C
 from . import digest as D
 from . import ingest as INGEST
 from . import inventory as INV
+from . import metascope as MS
 from . import progress as PROG
 from . import reconcile as R
 from . import report as REP
@@ -368,12 +369,17 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     elif prev_dir is not None and not cfg.partitions:
         # the previous run's layout: each partition then reads one previous file
         nparts = C.previous_partitions(prev_dir) or nparts
-    futs = []
+    # --metadata auto: the destination's metadata sample is drawn as its listing is compacted
+    sample_k = MS.SAMPLE_PER_PREFIX if cfg.metadata == "auto" and cfg.mode == "stored" else 0
+    futs, dst_futs = [], []
     for side, spools in (("src", src_spools), ("dst", dst_spools), ("checksums", sum_spools)):
         out_dir = str(run_dir / "inventory" / side)
         for gi, group in enumerate(_groups(spools, 1_000_000)):
             futs.append(client.submit(INV.compact, group, out_dir, nparts, f"c{gi:05d}",
+                                      sample_k if side == "dst" else 0,
                                       pure=False, key=f"compact-{side}-{gi}-{run_id}"))
+            if side == "dst":
+                dst_futs.append(futs[-1])
     prehash_dir = str(run_dir / "inventory" / "prehash") if pre_spools else None
     pre_futs = [client.submit(INV.compact, group, prehash_dir, nparts, f"c{gi:05d}",
                               pure=False, key=f"compact-prehash-{gi}-{run_id}")
@@ -385,6 +391,8 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
         prog.update(files=fut.result()["rows"])
     client.gather(pre_futs)
     prog.end_stage()
+    decision = _metadata_decision(client, cfg, run_dir, target, inv_reused,
+                                  [f.result()["sample"] for f in dst_futs], run_id, say)
     shutil.rmtree(spool, ignore_errors=True)
     if not inv_reused:
         tmp_marker = inv_marker.with_name(".complete.json.tmp")
@@ -402,7 +410,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     )
     ctx = replace(ctx, min_units=4 * nthreads,
                   previous_run=str(prev_dir) if prev_dir is not None else None,
-                  max_open_files=cfg.max_open_files)
+                  max_open_files=cfg.max_open_files, metadata_decision=decision)
     totals = REP.empty_totals()
     pending_parts = []
     reused_parts = 0
@@ -449,7 +457,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     finished = datetime.now(UTC)
     summary = REP.build_summary(
         run_id=run_id, root=root, dest=target.url, mode=cfg.mode, metadata=cfg.metadata,
-        totals=totals,
+        metadata_sample=decision.counts() if decision is not None else None, totals=totals,
         started=started, finished=finished, nparts=nparts, stats=stats,
         workers=sorted(workers), hostname=socket.gethostname(),
         timings={"inventory_s": round(t_inv - t0, 3), "partition_s": round(t_part - t_inv, 3),
@@ -457,6 +465,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                  "total_s": round(time.monotonic() - t0, 3)},
     )
     summary["inventory"].update(prehashed_files=pre["files"], prehashed_bytes=pre["bytes"])
+    summary["requests"]["metadata_sample"] = decision.sampled if decision is not None else 0
     if stats.get("ingest"):
         summary["ingest"] = stats["ingest"]
     summary["digest_units"] = {
@@ -478,6 +487,32 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                                   cluster=AUD.describe_cluster(client))
     say(f"report: {run_dir / 'report.html'}, audit manifest: {manifest}")
     return summary
+
+
+def _metadata_decision(client, cfg: VerifyConfig, run_dir: Path, target: S3Target,
+                       inv_reused: bool, samples: list[dict], run_id: str,
+                       say: Callable[[str], None]) -> MS.Decision | None:
+    """``--metadata auto``: HEAD the run's sample (one worker task) and decide each prefix.
+
+    Kept in the run directory: a resumed run decides as the interrupted one did.
+    """
+    if cfg.metadata != "auto" or cfg.mode != "stored":
+        return None
+    path = run_dir / "inventory" / "metadata_sample.json"
+    if inv_reused and path.is_file():
+        return MS.Decision.from_json(json.loads(path.read_text()))
+    sample = MS.merge_samples(samples)
+    decision = client.submit(MS.probe, target, sample, cfg.head_concurrency, pure=False,
+                             key=f"metadata-sample-{run_id}").result()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(decision.to_json()))
+    os.replace(tmp, path)
+    n = {s: sum(1 for v in decision.state.values() if v == s)
+         for s in (MS.WITH, MS.WITHOUT, MS.FAILED)}
+    say(f"metadata sample: {decision.sampled:,} objects in {len(decision.state):,} top-level "
+        f"prefixes; POSIX metadata in {n[MS.WITH]:,}, none in {n[MS.WITHOUT]:,}"
+        + (f", not sampled in {n[MS.FAILED]:,}" if n[MS.FAILED] else ""))
+    return decision
 
 
 def _groups(spools: list[tuple[str, int]], max_rows: int) -> list[list[str]]:

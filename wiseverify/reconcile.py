@@ -72,6 +72,8 @@ class Context:
     get_concurrency: int = 16
     min_units: int = 8  # split small partitions into at least this many units
     previous_run: str | None = None  # reuse unchanged evidence of this run (incremental)
+    #: --metadata auto: the run-wide sample's decision per top-level prefix (None: sample here)
+    metadata_decision: MS.Decision | None = None
     max_open_files: int | None = None  # cluster-wide cap on source files open at once
 
     @property
@@ -119,7 +121,8 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     open_pos = np.flatnonzero(mt.open)
     # whose metadata must be compared: decided from a sample before anything is settled
     scope = MS.scope(ctx.target, mt.column("dst_rel").take(pa.array(open_pos, pa.int64())),
-                     open_pos, len(mt), ctx.metadata, ctx.mode, ctx.head_concurrency)
+                     open_pos, len(mt), ctx.metadata, ctx.mode, ctx.metadata_decision,
+                     ctx.head_concurrency)
     lap("metadata")
     carried_at: dict[int, dict] = {}
     if ctx.previous_run and len(open_pos):
@@ -150,16 +153,11 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     cand_rows = [_row_dict(m, i) for i in cand_idx]
     if ctx.mode == "stored":  # entries of a --checksum-report, read for this partition only
         INGEST.attach_checksums(ctx.run_dir, part, cand_rows)
-    # rows of a prefix whose metadata sample had no answer at all are errors, not requests;
-    # the sample's answers stand in for the HEAD of rows whose metadata is compared (the
-    # others are planned exactly as the bulk path settles them)
+    # rows of a prefix whose metadata sample had no answer at all are errors, not requests
     ask = [j for j, p in enumerate(open_pos) if int(p) not in scope.failed]
-    meta = [scope.head[open_pos[j]] for j in ask]
     asked = iter(plan_evidence([cand_rows[j] for j in ask], ctx.target, ctx.mode,
-                               ["all" if h else ctx.metadata for h in meta],
-                               ctx.head_min_size, ctx.head_concurrency,
-                               [scope.heads.get(int(open_pos[j])) if h else None
-                                for j, h in zip(ask, meta, strict=True)]))
+                               ["all" if scope.head[open_pos[j]] else ctx.metadata for j in ask],
+                               ctx.head_min_size, ctx.head_concurrency))
     evs = [Evidence(error=scope.failed[int(p)]) if int(p) in scope.failed else next(asked)
            for p in open_pos]
     broot = os.fsencode(ctx.root)
@@ -189,7 +187,7 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     return {"part": part, "frame": m, "evidence": evidence, "units": units,
             "carried": carried, "requests": scope.requests + sum(e.requests for e in evs),
             "matched": mt, "positions": positions, "settled": settled, "stage_s": stage_s,
-            "meta_head": scope.head[positions], "meta_sample": scope.counts()}
+            "meta_head": scope.head[positions], "meta_sample": scope.sample}
 
 
 def _skip_released(ctx: Context, mt: Matched) -> None:

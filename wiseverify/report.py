@@ -51,25 +51,24 @@ def add_totals(totals: dict, part: dict) -> None:
     totals["partitions"] += 1
 
 
-def metadata_summary(totals: dict, setting: str) -> dict:
+def metadata_summary(totals: dict, setting: str, sample: dict | None = None) -> dict:
     """What was checked of the stored POSIX metadata, for summary.json and the report.
 
-    A prefix is listed as without metadata only where no partition found any
-    in it.
+    ``sample`` is the run-wide ``metascope.Decision.counts()``; without one the
+    partitions' own samples are added up (a prefix is listed as without
+    metadata only where no partition found any in it).
     """
     objects, compared = totals["metadata_objects"], totals["metadata_compared"]
-    with_md = totals["prefixes_with_metadata"]
-    return {
-        "setting": setting,
-        "objects": objects,
-        "compared": compared,
-        "not_compared": objects - compared,
-        "sampled": totals["metadata_sampled"],
-        "sampled_without_metadata": totals["metadata_sampled_without"],
-        "sample_errors": totals["metadata_sample_errors"],
-        "prefixes_with_metadata": sorted(with_md),
-        "prefixes_without_metadata": sorted(totals["prefixes_without_metadata"] - with_md),
-    }
+    if sample is None:
+        with_md = totals["prefixes_with_metadata"]
+        sample = {"sampled": totals["metadata_sampled"],
+                  "sampled_without_metadata": totals["metadata_sampled_without"],
+                  "sample_errors": totals["metadata_sample_errors"],
+                  "prefixes_with_metadata": sorted(with_md),
+                  "prefixes_without_metadata": sorted(
+                      totals["prefixes_without_metadata"] - with_md)}
+    return {"setting": setting, "objects": objects, "compared": compared,
+            "not_compared": objects - compared, **sample}
 
 
 def metadata_line(md: dict | None) -> str | None:
@@ -99,7 +98,8 @@ def exit_code(summary: dict) -> int:
     return 0 if summary["verdict"] == "PASS" else 1
 
 
-def build_summary(*, run_id: str, root: str, dest: str, mode: str, metadata: str, totals: dict,
+def build_summary(*, run_id: str, root: str, dest: str, mode: str, metadata: str,
+                  metadata_sample: dict | None, totals: dict,
                   started: datetime, finished: datetime, nparts: int, stats: dict,
                   workers: list, hostname: str, timings: dict) -> dict:
     counts = {s: totals["counts"].get(s, 0) for s in S.STATUSES}
@@ -117,7 +117,7 @@ def build_summary(*, run_id: str, root: str, dest: str, mode: str, metadata: str
         "bytes": nbytes,
         "verified_by": dict(sorted(totals["verified_by"].items())),
         "content_verified": sum(totals["verified_by"].values()),
-        "metadata": metadata_summary(totals, metadata),
+        "metadata": metadata_summary(totals, metadata, metadata_sample),
         "bytes_read_source": totals["bytes_read_src"],
         "bytes_read_destination": totals["bytes_read_dst"],
         "requests": {"list": stats.get("list_requests", 0), "head_get_plan": totals["requests"]},
