@@ -75,3 +75,11 @@ def run_verify(dask_client, s3, tmp_path):
         return summary, read_table(out)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def demo_run(s3, dask_client, tmp_path_factory) -> Path:
+    """One finished run of the demo tree per session (``demo_runs.make_demo_run``)."""
+    from .demo_runs import make_demo_run
+
+    return make_demo_run(s3, dask_client, tmp_path_factory)

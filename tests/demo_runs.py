@@ -1,9 +1,9 @@
 """One real demo run per test session, shared by the report, audit and notebook tests.
 
 Built with the demo builder (every kind of discrepancy) against the session's
-moto server and verified on the session's Dask cluster.  Imported as a fixture
-by several modules; the module-level cache makes it run once.  Tests that
-change files work on a copy (:func:`copy_run`).
+moto server and verified on the session's Dask cluster.  ``conftest.demo_run``
+is the session fixture; the module-level cache keeps what it made for
+:func:`demo_details`.  Tests that change files work on a copy (:func:`copy_run`).
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ import shutil
 import uuid
 from pathlib import Path
 
-import pytest
-
 from wiseverify.demo import build_fixture
 from wiseverify.pipeline import VerifyConfig, verify
 
 _CACHE: dict[str, object] = {}
 
 
-@pytest.fixture(scope="session")
-def demo_run(s3, dask_client, tmp_path_factory) -> Path:
+def make_demo_run(s3, dask_client, tmp_path_factory) -> Path:
     """RUNS_ROOT/dryrun-1: a finished run of the demo tree (FAIL, 9 discrepancies)."""
     if "run" not in _CACHE:
         src = tmp_path_factory.mktemp("demo-source") / "source"

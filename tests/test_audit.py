@@ -13,7 +13,7 @@ from wiseverify import audit as AUD
 from wiseverify.cli import main as cli_main
 from wiseverify.locals3 import FAKE_CREDENTIALS
 
-from .demo_runs import copy_run, demo_run  # noqa: F401  (session fixture)
+from .demo_runs import copy_run
 
 
 def wv(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -7,8 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -169,20 +167,25 @@ def test_file_deleted_between_listing_and_hashing(s3, bucket, tmp_path):
     assert counts["counts"] == {S.MATCH: 1, S.SOURCE_ERROR: 1}
 
 
-def test_file_growing_while_hashed(tmp_path):
+def test_file_growing_while_hashed(tmp_path, monkeypatch):
+    """A write lands between the digest stage's reads: after the first buffer, always."""
     p = tmp_path / "growing.log"
-    p.write_bytes(os.urandom(192 * MiB))
+    p.write_bytes(os.urandom(4 * D.BUFFER_SIZE))
     st = p.stat()
     item = D.FileItem(0, str(p), st.st_size, st.st_mtime_ns, D.Spec(whole=("md5", "sha256")))
-    box = {}
-    t = threading.Thread(target=lambda: box.update(D.hash_source_range(
-        D.RangeTask(item, 0, st.st_size))))
-    t.start()
-    time.sleep(0.05)
-    with open(p, "ab") as f:
-        f.write(b"appended while hashing")
-    t.join()
-    assert box["error"] and "changed" in box["error"], box
+    real, reads = os.preadv, []
+
+    def preadv(fd, bufs, offset):
+        if len(reads) == 1:
+            with open(p, "ab") as f:
+                f.write(b"appended while hashing")
+        reads.append(offset)
+        return real(fd, bufs, offset)
+
+    monkeypatch.setattr(D.os, "preadv", preadv)
+    res = D.hash_source_range(D.RangeTask(item, 0, st.st_size))
+    assert len(reads) == 4  # the whole listed size was read, then the change was seen
+    assert res["error"] and res["error"].startswith("changed while hashing"), res
 
 
 def test_hsm_released_files_are_never_opened(s3, bucket, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 
 from wiseverify.pipeline import VerifyConfig, verify
 
-from .demo_runs import copy_run, demo_details, demo_run  # noqa: F401  (session fixture)
+from .demo_runs import copy_run, demo_details
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ["explore_run.ipynb", "cutover_dashboard.ipynb"]

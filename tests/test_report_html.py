@@ -23,8 +23,6 @@ import pytest
 from wiseverify import schema as S
 from wiseverify.htmlreport import CSP, STATUS_COLORS, write_html
 
-from .demo_runs import demo_run  # noqa: F401  (session fixture)
-
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 
