@@ -18,16 +18,12 @@ Anything without evidence is UNVERIFIED with the reason, never MATCH.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from . import rules
 from .digest import Spec
+from .rules import ALGO_COST, MD5_RE, STORED_ALGOS
 from .s3 import S3Target, error_code, error_text, gather_limited
-
-MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
-STORED_ALGOS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
-#: local cost per byte, used to rank evidence (lower is cheaper)
-ALGO_COST = {"crc64nvme": 1, "crc32c": 1, "crc32": 5, "sha256": 10, "sha1": 8, "md5": 15}
 
 
 @dataclass
@@ -85,13 +81,8 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
     etag = row.get("dst_etag") or ""
     algos = [a for a in (row.get("dst_checksum_algorithm") or "").split(",") if a]
     multipart = "-" in etag
-    nparts = None
-    if multipart:
-        try:
-            nparts = int(etag.rsplit("-", 1)[1])
-        except ValueError:
-            nparts = None
-    ev.parts = nparts if multipart else 1
+    ev.parts = rules.etag_part_count(etag)
+    nparts = ev.parts if multipart else None
 
     if mode == "readback":
         ev.kind, ev.algo = "readback", "crc64nvme"
@@ -117,9 +108,8 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
                     rev.error = error_text(exc, "HeadObject")
             return rev
 
-    want_checksum = bool(algos) and (
-        multipart or size >= head_min_size or not MD5_RE.match(etag)
-    )
+    want_checksum = bool(rules.wants_head(bool(algos), multipart, size, head_min_size,
+                                          MD5_RE.match(etag) is not None))
     head: dict | None = None
     if want_checksum or metadata == "all":
         try:
@@ -178,10 +168,7 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
             ev.kind, ev.algo, ev.expected = "etag-md5", "md5", etag.lower()
             ev.spec = Spec(whole=_with_crc64(("md5",)))
             return ev
-        ev.unverified = (
-            f"ETag {etag!r} is not an MD5 (SSE-KMS/SSE-C or other) and the object "
-            "has no stored checksum"
-        )
+        ev.unverified = rules.UNVERIFIED_ETAG.format(etag)
         return ev
 
     # 2. multipart: the part layout is needed for a composite checksum or the ETag

@@ -45,10 +45,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import keys as K
+from . import rules
 from . import schema as S
 from .digest import Spec
-from .evidence import ALGO_COST, Evidence, _with_crc64
+from .evidence import Evidence, _with_crc64
 from .inventory import read_partition, write_atomic
+from .rules import ALGO_COST, REPORT_ALGOS
 from .s3 import S3Target, strip_etag
 
 if TYPE_CHECKING:
@@ -65,7 +67,6 @@ ROWS_PER_SPOOL = 500_000
 #: job kinds the pipeline hands to :func:`submit`
 JOBS = ("lsrc", "idst", "csum")
 #: algorithms whose report values the digest stage can reproduce from the source
-REPORT_ALGOS = ("crc64nvme", "crc32c", "crc32", "sha1", "sha256", "md5")
 
 
 class IngestError(Exception):
@@ -775,12 +776,10 @@ def report_evidence(row: dict) -> Evidence | None:
     algo, e = best
     ev = Evidence(kind=algo, algo=algo, expected=e["checksum"],
                   spec=Spec(whole=_with_crc64((algo,))))
-    count = etag.rsplit("-", 1)[1] if multipart else "1"
-    ev.parts = int(count) if count.isdigit() else None
+    ev.parts = rules.etag_part_count(etag)
     ev.checksum_algorithm = algo
     ev.checksum_type = (e.get("checksum_type") or "FULL_OBJECT").upper()
-    ev.note = (f"{e.get('algorithm')} from S3 Batch Operations compute-checksum report "
-               f"{e.get('report')}")
+    ev.note = rules.report_note(e.get("algorithm"), e.get("report"))
     return ev
 
 

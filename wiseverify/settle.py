@@ -34,18 +34,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import schema as S
-from .evidence import ALGO_COST
-from .ingest import REPORT_ALGOS
 from .inventory import read_partition
 from .match import Matched
+from .rules import (
+    ALGO_COST,
+    ETAG_COUNT_PATTERN,
+    MD5_PATTERN,
+    REPORT_ALGOS,
+    REPORT_NOTE,
+    UNVERIFIED_ETAG,
+    wants_head,
+)
 
 #: digests a prehash table holds (digest.PREHASH_SPEC): evidence needing only these is settled
 KNOWN_ALGOS = ("md5", "crc64nvme")
-#: evidence.MD5_RE in RE2 syntax (Python's ``$`` also matches before a final newline)
-MD5_PATTERN = r"^[0-9a-fA-F]{32}\n?$"
-REPORT_NOTE = " from S3 Batch Operations compute-checksum report "
-UNVERIFIED_ETAG = ("ETag {!r} is not an MD5 (SSE-KMS/SSE-C or other) and the object has no "
-                   "stored checksum")
 
 #: the columns :func:`settle` returns besides ``_pos`` (reconciliation column names)
 COLUMNS = {
@@ -276,7 +278,7 @@ def settle(mt: Matched, rows: np.ndarray, *, run_dir: str, part: int, mode: str,
     if len(listed):
         algos[listed] = _np(pc.match_substring_regex(
             mt.column("dst_checksum_algorithm").take(pa.array(listed)), "[^,]"))
-    want_head = algos & (multipart | (size >= head_min_size) | ~md5_etag)
+    want_head = wants_head(algos, multipart, size, head_min_size, md5_etag)
 
     rep = report_choice(run_dir, part, mt.column("dst_rel"), etag, multipart & cand)
     has_rep = np.zeros(n, bool)
@@ -411,5 +413,5 @@ def _etag_parts(etag: pa.Array) -> pa.Array:
     low = pc.utf8_lower(etag)
     count = pc.if_else(pc.match_substring(low, "-"),
                        pc.replace_substring_regex(low, r"(?s)^.*-", ""), "1")
-    digits = pc.match_substring_regex(count, r"^[0-9]+$")
+    digits = pc.match_substring_regex(count, ETAG_COUNT_PATTERN)
     return pc.if_else(digits, count, pa.scalar(None, pa.string())).cast(pa.int32())
