@@ -160,7 +160,7 @@ def test_job_file_wrong_type(tmp_path):
     job.write_text("source: /tmp\ndest: s3://b/p\nout: /tmp/x\nmax_metadata_ops: lots\n")
     proc = wv("verify", "--job", str(job))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "--max-metadata-ops: invalid float value: 'lots'" in proc.stderr
+    assert "argument --max-metadata-ops: 'lots' is not a number" in proc.stderr
 
 
 def test_reference_job_file_is_valid():
@@ -173,3 +173,40 @@ def test_reference_job_file_is_valid():
     assert argv[:2] == ["/lustre/stats/platform", "s3://stats-platform-archive/platform/"]
     assert "/lustre/verify-runs/platform/20261127T220000Z" in argv[3]
     assert "--max-metadata-ops" in argv
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--partitions", "0"], "argument --partitions: must be at least 1, got 0"),
+    (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    (["--threads-per-worker", "0"], "argument --threads-per-worker: must be at least 1, got 0"),
+    (["--unit-bytes", "-5"], "argument --unit-bytes: must be at least 1 byte, got '-5'"),
+    (["--max-open-files", "0"], "argument --max-open-files: must be at least 1, got 0"),
+    (["--max-metadata-ops", "0"], "argument --max-metadata-ops: must be greater than 0, got 0"),
+    (["--head-min-size", "4 parsecs"], "argument --head-min-size: '4 parsecs' is not a size"),
+    (["--partitions", "many"], "argument --partitions: 'many' is not an integer"),
+])
+def test_out_of_range_options_are_one_line(small_tree, tmp_path, bucket, flags, needle):
+    """Checked before anything touches the network: no endpoint is given or needed."""
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r"),
+              *flags)
+    assert_config_error(proc, needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_naming_a_file_is_one_line(small_tree, tmp_path, s3, bucket):
+    f = tmp_path / "a-file"
+    f.write_text("not a directory")
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(f), "--endpoint-url",
+              s3.url)
+    assert_config_error(proc, f"--out {f} is a file, not a directory")
+
+
+def test_config_limits_hold_for_the_python_api(tmp_path):
+    """Notebooks build VerifyConfig directly: the same limits, the same message."""
+    from wiseverify.pipeline import ConfigError, VerifyConfig, check_limits
+
+    with pytest.raises(ConfigError, match=r"^--partitions must be at least 1, got 0$"):
+        check_limits(VerifyConfig("/tmp", "s3://b/p", str(tmp_path / "r"), partitions=0))
+    with pytest.raises(ConfigError, match=r"^--unit-bytes must be at least 1, got -5$"):
+        check_limits(VerifyConfig("/tmp", "s3://b/p", str(tmp_path / "r"), unit_bytes=-5))
+    check_limits(VerifyConfig("/tmp", "s3://b/p", str(tmp_path / "r")))  # the defaults pass

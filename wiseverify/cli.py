@@ -10,6 +10,7 @@ Exit codes (for cron, scrontab and CI alerting):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,17 +18,60 @@ from pathlib import Path
 EXIT_OK, EXIT_DIFF, EXIT_CONFIG, EXIT_FAIL = 0, 1, 2, 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the option, like every configuration error (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _size(text: str) -> int:
     """Parse sizes like 8MiB, 4M, 1GB, 123."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if t and t[-1] in mult:
-        return int(float(t[:-1]) * mult[t[-1]])
-    return int(t)
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (e.g. 256MiB, 4M, 1GB, 123)") from None
+
+
+def _size_at_least(lo: int):
+    def parse(text: str) -> int:
+        v = _size(text)
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo} byte{'s' * (lo != 1)}, "
+                                             f"got {text!r}")
+        return v
+    return parse
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {text}")
+        return v
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="wiseverify",
         description="Prove a POSIX/Lustre tree arrived intact in S3: inventory both sides, "
         "checksum on a Dask cluster, write a reconciliation table.",
@@ -65,34 +109,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="attach to a running Dask scheduler (tcp://host:8786 or a "
                    "scheduler file path)")
-    g.add_argument("--workers", type=int, metavar="N",
+    g.add_argument("--workers", type=_int_at_least(1), metavar="N",
                    help="worker processes of the embedded local cluster (default: cores)")
-    v.add_argument("--threads-per-worker", type=int, default=2, metavar="N")
+    v.add_argument("--threads-per-worker", type=_int_at_least(1), default=2, metavar="N")
     v.add_argument("--cluster", choices=["local", "slurm"], default="local",
                    help="local: an embedded Dask cluster on this machine (default); slurm: "
                    "worker jobs submitted with sbatch, scaled between --min-jobs and "
                    "--max-jobs (settings: dask config wiseverify.slurm)")
-    v.add_argument("--min-jobs", type=int, metavar="N",
+    v.add_argument("--min-jobs", type=_int_at_least(0), metavar="N",
                    help="--cluster slurm: worker jobs always kept (default 1)")
-    v.add_argument("--max-jobs", type=int, metavar="N",
+    v.add_argument("--max-jobs", type=_int_at_least(1), metavar="N",
                    help="--cluster slurm: most worker jobs at once (default 4)")
     v.add_argument("--mode", choices=["stored", "readback"], default="stored",
                    help="stored: compare with stored checksums/ETags (default); readback: "
                    "read the objects back with ranged GETs and hash them")
     v.add_argument("--metadata", choices=["auto", "all", "off"], default="auto",
                    help="compare stored POSIX metadata (file-mtime/owner/group/permissions): "
-                   "auto = whenever a HEAD or GET returned it, all = HEAD every object, off")
-    v.add_argument("--partitions", type=int, metavar="N",
+                   "auto = HEAD a sample of each top-level prefix and, where it carries any, "
+                   "HEAD and compare every object there; all = HEAD every object; off")
+    v.add_argument("--partitions", type=_int_at_least(1), metavar="N",
                    help="hash partitions (default: one per 250,000 keys)")
-    v.add_argument("--max-metadata-ops", type=float, metavar="PER_SEC",
+    v.add_argument("--max-metadata-ops", type=_positive_float, metavar="PER_SEC",
                    help="cap on source lstat/readdir calls per second across the cluster")
-    v.add_argument("--max-open-files", type=int, metavar="N",
+    v.add_argument("--max-open-files", type=_int_at_least(1), metavar="N",
                    help="cap on source files open at once across the cluster (digest units "
                    "reading at once; a Dask semaphore)")
-    v.add_argument("--unit-bytes", type=_size, default=256 << 20, metavar="SIZE",
+    v.add_argument("--unit-bytes", type=_size_at_least(1), default=256 << 20, metavar="SIZE",
                    help="bytes per digest work unit (default 256MiB; small partitions use "
                    "smaller units so every thread gets work)")
-    v.add_argument("--head-min-size", type=_size, default=4 << 20, metavar="SIZE",
+    v.add_argument("--head-min-size", type=_size_at_least(0), default=4 << 20, metavar="SIZE",
                    help="single-part objects at least this big get a HEAD for a stored CRC "
                    "instead of an MD5 of the ETag (default 4MiB)")
     ig = v.add_argument_group(
@@ -161,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with injected discrepancies and verify it")
     d.add_argument("--out", default="demo-run", metavar="DIR",
                    help="working directory for the demo (default ./demo-run)")
-    d.add_argument("--workers", type=int, metavar="N")
+    d.add_argument("--workers", type=_int_at_least(1), metavar="N")
     return p
 
 
@@ -203,12 +248,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     progress = Progress(mode="off" if args.quiet else args.progress)
     log = None if args.quiet else progress.log
     try:
-        prepare(cfg)  # fail fast, before a cluster is started
+        prepared = prepare(cfg)  # fail fast, before a cluster is started
         with open_client(args.scheduler, args.workers, args.threads_per_worker,
                          cluster=args.cluster, min_jobs=args.min_jobs, max_jobs=args.max_jobs,
                          run_dir=args.out) as client, \
                 progress:
-            summary = verify(cfg, client, log=log, progress=progress)
+            summary = verify(cfg, client, log=log, progress=progress, prepared=prepared)
     except (ConfigError, ClusterError) as exc:
         _err(str(exc))
         return EXIT_CONFIG
@@ -281,6 +326,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    missing = [m for m in ("boto3", "moto", "crc32c") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"wiseverify: error: the demo needs {', '.join(missing)}: install "
+              "wiseverify[demo] (pip install 'wiseverify[demo]')", file=sys.stderr)
+        return 2
     from .demo import run_demo
 
     return run_demo(args.out, args.workers)

@@ -165,21 +165,43 @@ def _submit_windowed(client, pending: list, submit, window: int, on_result,
             speculative.clear()
 
 
+#: the smallest value of each numeric setting (None: unset); named as its option
+LOWER_LIMITS = {"partitions": 1, "rows_per_partition": 1, "walk_budget": 1,
+                "max_open_files": 1, "fanout_depth": 0, "head_min_size": 0, "unit_bytes": 1,
+                "unit_files": 1, "range_bytes": 1, "head_concurrency": 1, "get_concurrency": 1}
+
+
+def check_limits(cfg: VerifyConfig) -> None:
+    """Every numeric setting in range, whoever built ``cfg`` (flags, job file, a notebook)."""
+    for name, lo in LOWER_LIMITS.items():
+        v = getattr(cfg, name)
+        if v is not None and v < lo:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}")
+    if cfg.max_metadata_ops is not None and not cfg.max_metadata_ops > 0:
+        raise ConfigError(f"--max-metadata-ops must be greater than 0, got {cfg.max_metadata_ops}")
+
+
 def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
-    """Validate source and destination before any task is sent (exit 2 on failure)."""
+    """Validate source and destination before any task is sent (exit 2 on failure).
+
+    Settings are checked before anything touches the network.
+    """
     from .s3 import S3ConfigError
 
+    check_limits(cfg)
+    if cfg.mode not in ("stored", "readback"):
+        raise ConfigError(f"--mode must be stored or readback, got {cfg.mode!r}")
+    if cfg.metadata not in ("auto", "all", "off"):
+        raise ConfigError(f"--metadata must be auto, all or off, got {cfg.metadata!r}")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {cfg.out} is a file, not a directory")
     root = resolve_source(cfg.source)
     try:
         target = S3Target.parse(cfg.dest, cfg.endpoint_url, cfg.profile, cfg.region)
         preflight(target)
     except S3ConfigError as exc:
         raise ConfigError(str(exc)) from None
-    if cfg.mode not in ("stored", "readback"):
-        raise ConfigError(f"--mode must be stored or readback, got {cfg.mode!r}")
-    if cfg.metadata not in ("auto", "all", "off"):
-        raise ConfigError(f"--metadata must be auto, all or off, got {cfg.metadata!r}")
-    out = Path(cfg.out)
     if cfg.resume:
         if not (out / "run.json").is_file():
             raise ConfigError(f"--resume {cfg.out}: no interrupted run there (no run.json)")
@@ -207,7 +229,8 @@ def resume_config(run_dir: Path, cfg: VerifyConfig) -> VerifyConfig:
 
 
 def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
-           progress: PROG.Progress | None = None) -> dict:
+           progress: PROG.Progress | None = None,
+           prepared: tuple[str, S3Target] | None = None) -> dict:
     """Run a whole verification on ``client``'s cluster; returns the summary dict.
 
     ``progress`` shows live counters per stage (pass its ``log`` method as ``log``
@@ -215,7 +238,8 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     """
     say = _progress(log)
     prog = progress or PROG.Progress(mode="off")
-    root, target = prepare(cfg)
+    # the CLI has prepared already (before starting a cluster): its HeadBucket stands
+    root, target = prepared or prepare(cfg)
     run_dir = Path(cfg.out).absolute()
     if cfg.resume:
         cfg = resume_config(run_dir, cfg)
