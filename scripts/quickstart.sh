@@ -62,7 +62,7 @@ PY
             || [ wiseverify/_fastkeys.c -nt "$stamp" ]; then
         # exact versions the suite was last run with: reproducible, and no resolver backtracking
         "$venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null
-        "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[test,bench]" 2>&1 \
+        "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[demo,test,bench]" 2>&1 \
             | grep -v "^WARNING: Location" || true
         "$venv/bin/python" -c "import wiseverify, moto, awscrt, s3fs, distributed" \
             || die "installing the Python packages failed"

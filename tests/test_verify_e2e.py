@@ -171,3 +171,30 @@ def test_unreadable_file_is_source_error(s3, bucket, tmp_path):
     assert table["locked/"]["status"] == S.SOURCE_ERROR
     assert "cannot list directory" in table["locked/"]["detail"]
     assert table["open.txt"]["status"] == S.MATCH
+
+
+def test_read_only_is_enforced_at_the_client(s3, bucket):
+    """A mutating call through any client the tool makes is refused before it is sent."""
+    import pytest as _pytest
+
+    from wiseverify.s3 import ReadOnlyViolation, S3Target
+
+    with S3Proxy(s3.url) as proxy:
+        target = S3Target.parse(f"s3://{bucket}/ro/", endpoint_url=proxy.url)
+
+        async def put():
+            client = await target.client()
+            await client.put_object(Bucket=bucket, Key="ro/x", Body=b"x")
+
+        with _pytest.raises(ReadOnlyViolation, match="refusing S3 PutObject"):
+            target.run(put)
+        with _pytest.raises(ReadOnlyViolation, match="refusing S3 DeleteObject"):
+            target.fs().rm(f"{bucket}/ro/x")
+
+        async def head():
+            client = await target.client()
+            return await client.head_bucket(Bucket=bucket)
+
+        target.run(head)  # reads still go out
+    assert proxy.mutating() == []
+    assert any(m == "HEAD" for m, _ in proxy.requests)

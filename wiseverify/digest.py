@@ -16,7 +16,6 @@ list of ``(file, offset, length)`` ranges and returns plain dicts that
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import os
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from awscrt import checksums as crc
+
+from .units import open_noatime
 
 if TYPE_CHECKING:
     from .getrange import RangeGetter
@@ -83,10 +84,6 @@ def composite(algo: str, parts: list) -> str:
 def multipart_etag(part_md5s: list[bytes]) -> str:
     """hex(md5(md5(p1) || ... || md5(pN))) + '-N', the multipart upload ETag."""
     return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
-
-
-def b64_to_hex(value: str) -> str:
-    return binascii.hexlify(base64.b64decode(value)).decode()
 
 
 # --- what to compute ---------------------------------------------------------------
@@ -355,18 +352,10 @@ def prehash_files(files: Iterable[tuple[bytes, int, int]],
 
 # --- source ranges ----------------------------------------------------------------------
 
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
 def _open_source(path: str) -> int:
     """Open read-only without following a swapped-in FIFO into a hang, without atime if allowed."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-    if _NOATIME:
-        try:
-            return os.open(path, flags | _NOATIME)
-        except PermissionError:
-            pass  # O_NOATIME needs ownership or CAP_FOWNER; fall back to a plain open
-    return os.open(path, flags)
+    return open_noatime(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+                        | getattr(os, "O_NOFOLLOW", 0))
 
 
 def _mtime_differs(actual_ns: int, listed_ns: int) -> bool:
@@ -513,7 +502,7 @@ def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
                 get_concurrency,
             )
 
-        dst_future = asyncio.run_coroutine_threadsafe(_all(), target.fs().loop)
+        dst_future = asyncio.run_coroutine_threadsafe(_all(), target.filesystem().loop)
     src = [hash_source_range(r) for r in unit.ranges]
     dst = dst_future.result() if dst_future is not None else None
     return {"src": src, "dst": dst}

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from . import schema as S
 from .report import metadata_line, reconciliation_files
+from .units import human_bytes
 
 #: discrepancies shown in the page; the rest are in discrepancies.csv
 FIRST_N = 200
@@ -65,15 +66,6 @@ SIZE_BUCKETS: list[tuple[float, str]] = [
 
 ROOT_FILES = "(files at the top level)"
 OTHER_DIRS = "(other directories)"
-
-
-def human_bytes(n: float) -> str:
-    """Decimal units, as in the terminal table, so the page and the log agree."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
 
 
 def size_bucket(size: int | None) -> int:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from . import keys as K
 from . import schema as S
 from .s3 import S3Target, error_text, strip_etag
+from .units import open_noatime
 
 # --- small helpers ------------------------------------------------------------
 
@@ -221,7 +222,6 @@ _KINDS = (S.KIND_ERROR, S.KIND_FIFO, S.KIND_CHAR, S.KIND_ERROR, S.KIND_DIR, S.KI
           S.KIND_ERROR, S.KIND_SOCKET, S.KIND_ERROR, S.KIND_ERROR, S.KIND_ERROR)  # by S_IFMT >> 12
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(
     os, "O_CLOEXEC", 0)
-_NOATIME = getattr(os, "O_NOATIME", 0)
 #: True when str names round-trip to the file system's bytes through UTF-8
 _UTF8_FS = sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
 
@@ -335,12 +335,7 @@ class _Listed:
 
 def _open_dir(path: bytes) -> int:
     """Open a directory without following a symlink swapped in for it; no atime if allowed."""
-    if _NOATIME:
-        try:
-            return os.open(path, _DIR_FLAGS | _NOATIME)
-        except PermissionError:
-            pass  # O_NOATIME needs ownership or CAP_FOWNER
-    return os.open(path, _DIR_FLAGS)
+    return open_noatime(path, _DIR_FLAGS)
 
 
 class _Walk:
@@ -832,7 +827,7 @@ def use_fast_timestamps(target: S3Target) -> None:
     The factory creates a parser per response, so this takes effect for the
     clients already made from the session too.  Idempotent and cheap.
     """
-    session = getattr(target.fs(), "session", None)
+    session = getattr(target.filesystem(), "session", None)
     get = getattr(session, "get_component", None)
     if get is None:
         return

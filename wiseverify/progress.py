@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from .units import human_bytes
+
 #: seconds between plain progress lines in batch mode (overridden by the env variable)
 DEFAULT_BATCH_INTERVAL = 30.0
 TTY_INTERVAL = 0.5
@@ -47,15 +49,6 @@ class StageSnapshot:
     total_bytes: int | None
     elapsed: float
     note: str = ""
-
-
-def human_bytes(n: float) -> str:
-    """Decimal units, like the summary table, so the numbers agree with it."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
 
 
 def human_duration(seconds: float) -> str:

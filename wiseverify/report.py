@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from . import schema as S
+from .units import human_bytes
 
 DISCREPANCY_COLUMNS = ["status", "key", "dst_key", "detail", "verified_by", "src_size",
                        "dst_size", "src_mtime_ns", "dst_etag", "dst_checksum", "src_digest"]
@@ -172,21 +173,13 @@ def _line_safe(key: str) -> str:
     return key.replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def format_table(summary: dict) -> str:
     """The short summary printed at the end of a run."""
     lines = [f"{'status':<18} {'keys':>12} {'bytes':>12}"]
     for s in S.STATUSES:
         c = summary["counts"].get(s, 0)
         if c:
-            lines.append(f"{s:<18} {c:>12,} {_human(summary['bytes'].get(s, 0)):>12}")
+            lines.append(f"{s:<18} {c:>12,} {human_bytes(summary['bytes'].get(s, 0)):>12}")
     lines.append(f"{'total':<18} {summary['keys']:>12,}")
     ev = ", ".join(f"{k} {v:,}" for k, v in summary["verified_by"].items()) or "none"
     lines.append(f"content verified: {summary['content_verified']:,} ({ev})")
@@ -194,8 +187,8 @@ def format_table(summary: dict) -> str:
     if md:
         lines.append(md)
     lines.append(
-        f"read: source {_human(summary['bytes_read_source'])}, destination "
-        f"{_human(summary['bytes_read_destination'])} in {summary['timings']['total_s']:.1f} s"
+        f"read: source {human_bytes(summary['bytes_read_source'])}, destination "
+        f"{human_bytes(summary['bytes_read_destination'])} in {summary['timings']['total_s']:.1f} s"
     )
     lines.append(
         f"verdict: {summary['verdict']} ({summary['discrepancies']:,} discrepancies) "

@@ -27,12 +27,34 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "max_pool_connections": 64,
 }
 
-#: the only S3 operations this tool ever sends
-READ_ONLY_OPERATIONS = ("ListObjectsV2", "HeadBucket", "HeadObject", "GetObject")
+#: S3 operations that read: every Get*, Head* and List* call, nothing else (no Put, Delete,
+#: Copy, Restore, Select).  The tool sends ListObjectsV2, HeadBucket, HeadObject, GetObject.
+READ_ONLY_PREFIXES = ("Get", "Head", "List")
+_GUARD_ID = "wiseverify-read-only"
 
 
 class S3ConfigError(Exception):
     """The destination cannot be used at all (bad URL, bucket, credentials, endpoint)."""
+
+
+class ReadOnlyViolation(RuntimeError):
+    """An S3 call that could change the destination was about to be sent."""
+
+
+def _read_only_guard(model=None, **kwargs) -> None:
+    """botocore ``before-call`` handler: the one place read-only is enforced.
+
+    Every call of every client this tool makes (its own, and s3fs' opens and
+    listings of report files) passes here before it is signed and sent.
+    """
+    name = getattr(model, "name", "")
+    if not name.startswith(READ_ONLY_PREFIXES):
+        raise ReadOnlyViolation(f"wiseverify is read-only: refusing S3 {name}")
+
+
+def guard_read_only(client) -> None:
+    """Register :func:`_read_only_guard` on a botocore/aiobotocore client (once)."""
+    client.meta.events.register("before-call.s3", _read_only_guard, unique_id=_GUARD_ID)
 
 
 @dataclass(frozen=True)
@@ -77,7 +99,19 @@ class S3Target:
         return f"s3://{self.bucket}/{self.prefix}"
 
     def fs(self):
-        """The process-wide s3fs filesystem for this endpoint (fsspec caches instances)."""
+        """The process-wide s3fs filesystem for this endpoint (fsspec caches instances).
+
+        Its client is created and guarded (:func:`guard_read_only`) before it is
+        handed out, so s3fs' own calls pass the read-only check too.  Not for
+        use on s3fs' event loop: coroutines there take :meth:`client`.
+        """
+        fs = self.filesystem()
+        if getattr(fs, "_s3", None) is None:
+            fsspec.asyn.sync(fs.loop, self._guarded, fs)
+        return fs
+
+    def filesystem(self):
+        """The s3fs filesystem as fsspec caches it, its client not ensured (for the event loop)."""
         import s3fs
 
         client_kwargs: dict[str, Any] = {}
@@ -90,12 +124,18 @@ class S3Target:
             client_kwargs=client_kwargs, config_kwargs=DEFAULT_CLIENT_CONFIG, **extra
         )
 
+    @staticmethod
+    async def _guarded(fs):
+        client = await fs.set_session()
+        guard_read_only(client)
+        return client
+
     async def client(self):
-        return await self.fs().set_session()
+        return await self._guarded(self.filesystem())
 
     def run(self, make_coro: Callable[[], Awaitable[T]]) -> T:
         """Run a coroutine on s3fs' event loop from synchronous (Dask task) code."""
-        fs = self.fs()
+        fs = self.filesystem()
 
         async def _go():
             return await make_coro()
