@@ -95,6 +95,7 @@ case "${1:-}" in
             fi
         fi
         "$venv/bin/ruff" check wiseverify tests benchmarks
+        "$venv/bin/lint-imports" --no-cache
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
     *)

@@ -12,10 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-
-class ClusterError(Exception):
-    """The cluster could not be started or reached (exit code 2)."""
-
+from .errors import ClusterError  # noqa: E402,F401  (wiseverify.cluster.ClusterError)
 
 #: imported once by the forkserver that starts local worker processes (see
 #: _fast_worker_start).  Third-party modules only: the forkserver resolves imports
@@ -125,7 +122,7 @@ def open_client(
             client.close()
         return
     if cluster == "slurm":
-        from .slurm import slurm_client
+        from .slurmcluster import slurm_client
 
         with slurm_client(min_jobs, max_jobs, overrides=slurm_overrides, run_dir=run_dir,
                           quiet=quiet) as client:

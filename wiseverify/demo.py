@@ -12,6 +12,7 @@ import random
 import shutil
 import socket
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 from . import schema as S
@@ -143,11 +144,13 @@ def build_fixture(root: Path, s3: LocalS3, bucket: str, prefix: str = "wise/",
     return expect
 
 
-def run_demo(out: str, workers: int | None = None) -> int:
-    """Build the demo, verify it, print the summary; exit 0 when every status is as expected."""
-    import pyarrow.dataset as ds
+def run_demo(out: str, cli_main: Callable[[list[str]], int], workers: int | None = None) -> int:
+    """Build the demo, verify it, print the summary; exit 0 when every status is as expected.
 
-    from .cli import main as cli_main
+    ``cli_main`` runs ``wiseverify verify`` as a user would (the CLI hands in its
+    own entry point, so the demo does not import the command line).
+    """
+    import pyarrow.dataset as ds
 
     base = Path(out).absolute()
     if base.exists():

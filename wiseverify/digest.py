@@ -15,9 +15,7 @@ list of ``(file, offset, length)`` ranges and returns plain dicts that
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import os
 import stat as statmod
 import threading
@@ -25,22 +23,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from awscrt import checksums as crc
-
+from .checksums import (  # noqa: F401  (digest.* names kept for callers)
+    COMBINABLE,
+    CRC_BYTES,
+    CRC_COMBINE,
+    CRC_FUNCS,
+    HASH_FUNCS,
+    composite,
+    crc_b64,
+    crc_bytes,
+    multipart_etag,
+    part_digest_raw,
+)
 from .units import open_noatime
 
 if TYPE_CHECKING:
     from .getrange import RangeGetter
-
-CRC_FUNCS = {"crc32": crc.crc32, "crc32c": crc.crc32c, "crc64nvme": crc.crc64nvme}
-CRC_COMBINE = {
-    "crc32": crc.combine_crc32,
-    "crc32c": crc.combine_crc32c,
-    "crc64nvme": crc.combine_crc64nvme,
-}
-CRC_BYTES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8}
-HASH_FUNCS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
-COMBINABLE = frozenset(CRC_FUNCS)
 
 # 1 MiB: each read lands in the core's L2 cache and every digest then hashes it
 # from there. With 8 MiB the buffer spills to L3/DRAM and read + CRC64NVME from
@@ -55,35 +53,6 @@ def _buffer() -> memoryview:
     if buf is None:
         buf = _local.buf = memoryview(bytearray(BUFFER_SIZE))
     return buf
-
-
-# --- encodings -------------------------------------------------------------------
-
-
-def crc_bytes(algo: str, value: int) -> bytes:
-    return value.to_bytes(CRC_BYTES[algo], "big")
-
-
-def crc_b64(algo: str, value: int) -> str:
-    """The S3 header encoding: base64 of the big-endian CRC."""
-    return base64.b64encode(crc_bytes(algo, value)).decode()
-
-
-def part_digest_raw(algo: str, value: int | bytes) -> bytes:
-    return crc_bytes(algo, value) if isinstance(value, int) else value
-
-
-def composite(algo: str, parts: list) -> str:
-    """S3 COMPOSITE checksum: base64(H(H(p1) || ... || H(pN))), without the ``-N`` suffix."""
-    joined = b"".join(part_digest_raw(algo, p) for p in parts)
-    if algo in CRC_FUNCS:
-        return crc_b64(algo, CRC_FUNCS[algo](joined))
-    return base64.b64encode(HASH_FUNCS[algo](joined).digest()).decode()
-
-
-def multipart_etag(part_md5s: list[bytes]) -> str:
-    """hex(md5(md5(p1) || ... || md5(pN))) + '-N', the multipart upload ETag."""
-    return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
 
 
 # --- what to compute ---------------------------------------------------------------

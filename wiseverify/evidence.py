@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from . import rules
 from .digest import Spec
-from .rules import ALGO_COST, MD5_RE, STORED_ALGOS
+from .rules import ALGO_COST, MD5_RE, REPORT_ALGOS, STORED_ALGOS
 from .s3 import S3Target, error_code, error_text, gather_limited
 
 
@@ -97,8 +97,6 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
 
     if row.get("report_checksums"):
         # a compute-checksum report already holds a value S3 computed at rest: no HEAD
-        from .ingest import report_evidence
-
         rev = report_evidence(row)
         if rev is not None:
             if metadata == "all":
@@ -265,6 +263,41 @@ def true_layout(target: S3Target, key: str, count: int, ev: Evidence) -> list[in
         return await part_lengths(client, target, key, count, ev)
 
     return target.run(_all)
+
+
+def report_evidence(row: dict) -> Evidence | None:
+    """Evidence from the report entries of one candidate, or None to choose as usual.
+
+    An entry counts only while it describes the object now listed: when the
+    report names an ETag that differs from the listing's, the object was
+    replaced after the checksum job, and the report proves nothing about it.
+    COMPOSITE values of multipart objects would need the part layout (a HEAD),
+    so those take the usual way too.
+    """
+    etag = (row.get("dst_etag") or "").lower()
+    multipart = "-" in etag
+    best: tuple[str, dict] | None = None
+    for e in row.get("report_checksums") or ():
+        if e.get("etag") and etag and e["etag"].lower() != etag:
+            continue
+        algo = (e.get("algorithm") or "").lower()
+        if algo not in REPORT_ALGOS or not e.get("checksum"):
+            continue
+        ctype = (e.get("checksum_type") or "FULL_OBJECT").upper()
+        if ctype == "COMPOSITE" and (multipart or e.get("checksum_parts")):
+            continue
+        if best is None or ALGO_COST[algo] < ALGO_COST[best[0]]:
+            best = (algo, e)
+    if best is None:
+        return None
+    algo, e = best
+    ev = Evidence(kind=algo, algo=algo, expected=e["checksum"],
+                  spec=Spec(whole=_with_crc64((algo,))))
+    ev.parts = rules.etag_part_count(etag)
+    ev.checksum_algorithm = algo
+    ev.checksum_type = (e.get("checksum_type") or "FULL_OBJECT").upper()
+    ev.note = rules.report_note(e.get("algorithm"), e.get("report"))
+    return ev
 
 
 def plan_evidence(rows: list[dict], target: S3Target, mode: str, metadata: str | list[str],

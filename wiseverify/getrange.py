@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .digest import CRC_FUNCS, crc_bytes
+from .checksums import CRC_FUNCS, crc_bytes
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -52,7 +52,7 @@ _META = "x-amz-meta-"
 
 
 class _Crc:
-    """A running CRC of :data:`~wiseverify.digest.CRC_FUNCS` with hashlib's update/digest."""
+    """A running CRC of :data:`~wiseverify.checksums.CRC_FUNCS` with hashlib's update/digest."""
 
     def __init__(self, algo: str) -> None:
         self.algo, self.v = algo, 0

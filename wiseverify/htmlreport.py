@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from . import schema as S
-from .report import metadata_line, reconciliation_files
+from .report import metadata_line, reconciliation_files, write_lists
 from .units import human_bytes
 
 #: discrepancies shown in the page; the rest are in discrepancies.csv
@@ -439,3 +439,9 @@ def write_html(run_dir: str | os.PathLike, summary: dict, first_n: int = FIRST_N
     tmp.write_text(render(run_dir, summary, first_n), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def write_outputs(run_dir: str | os.PathLike, summary: dict) -> None:
+    """Every output of a run: summary.json, combined.txt, discrepancies.csv, report.html."""
+    write_lists(run_dir, summary)
+    write_html(run_dir, summary)

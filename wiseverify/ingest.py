@@ -45,18 +45,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import keys as K
-from . import rules
 from . import schema as S
-from .digest import Spec
-from .evidence import Evidence, _with_crc64
 from .inventory import read_partition, write_atomic
-from .rules import ALGO_COST, REPORT_ALGOS
 from .s3 import S3Target, strip_etag
 
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-    from .pipeline import VerifyConfig
+    from .config import VerifyConfig
 
 #: the -printf directives of a listing when --listing-format is not given
 DEFAULT_LISTING_FORMAT = "%s %T@ %U %G %m %y %b %p"
@@ -746,41 +742,6 @@ def attach_checksums(run_dir: str, part: int, rows: list[dict]) -> int:
             r["report_checksums"] = entries
             hits += 1
     return hits
-
-
-def report_evidence(row: dict) -> Evidence | None:
-    """Evidence from the report entries of one candidate, or None to choose as usual.
-
-    An entry counts only while it describes the object now listed: when the
-    report names an ETag that differs from the listing's, the object was
-    replaced after the checksum job, and the report proves nothing about it.
-    COMPOSITE values of multipart objects would need the part layout (a HEAD),
-    so those take the usual way too.
-    """
-    etag = (row.get("dst_etag") or "").lower()
-    multipart = "-" in etag
-    best: tuple[str, dict] | None = None
-    for e in row.get("report_checksums") or ():
-        if e.get("etag") and etag and e["etag"].lower() != etag:
-            continue
-        algo = (e.get("algorithm") or "").lower()
-        if algo not in REPORT_ALGOS or not e.get("checksum"):
-            continue
-        ctype = (e.get("checksum_type") or "FULL_OBJECT").upper()
-        if ctype == "COMPOSITE" and (multipart or e.get("checksum_parts")):
-            continue
-        if best is None or ALGO_COST[algo] < ALGO_COST[best[0]]:
-            best = (algo, e)
-    if best is None:
-        return None
-    algo, e = best
-    ev = Evidence(kind=algo, algo=algo, expected=e["checksum"],
-                  spec=Spec(whole=_with_crc64((algo,))))
-    ev.parts = rules.etag_part_count(etag)
-    ev.checksum_algorithm = algo
-    ev.checksum_type = (e.get("checksum_type") or "FULL_OBJECT").upper()
-    ev.note = rules.report_note(e.get("algorithm"), e.get("report"))
-    return ev
 
 
 # --- driver glue: what verify() calls ---------------------------------------------------------

@@ -133,7 +133,7 @@ def verify_argv(job: dict[str, Any], stamp: str | None = None) -> list[str]:
 
 def _verify_options() -> dict[str, tuple[str, bool]]:
     """``{dest: (--flag, takes a value)}`` of the ``wiseverify verify`` command line."""
-    from .cli import build_parser
+    from .options import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

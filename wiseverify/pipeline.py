@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -35,12 +35,17 @@ from . import __version__
 from . import audit as AUD
 from . import carry as C
 from . import digest as D
+from . import htmlreport as HTML
 from . import ingest as INGEST
 from . import inventory as INV
 from . import metascope as MS
 from . import progress as PROG
 from . import reconcile as R
 from . import report as REP
+
+# the config and its errors, where callers have always found them
+from .config import LOWER_LIMITS, VerifyConfig, check_limits  # noqa: F401, I001
+from .errors import ConfigError  # noqa: F401
 from .s3 import S3Target, preflight
 
 #: below this many keys per worker process a run stays in one partition
@@ -49,44 +54,6 @@ SPLIT_MIN_ROWS = 5_000
 PREHASH_ROWS = 1_000
 
 
-class ConfigError(Exception):
-    """A usage or configuration problem: reported in one line, exit code 2."""
-
-
-@dataclass
-class VerifyConfig:
-    """Settings of one verification run (CLI flags and job files fill it)."""
-
-    source: str
-    dest: str
-    out: str
-    endpoint_url: str | None = None
-    profile: str | None = None
-    region: str | None = None
-    mode: str = "stored"
-    metadata: str = "auto"
-    partitions: int | None = None
-    rows_per_partition: int = 250_000
-    walk_budget: int = 50_000
-    max_metadata_ops: float | None = None
-    max_open_files: int | None = None  # source files open at once, across the cluster
-    fanout_depth: int = 2
-    head_min_size: int = 4 << 20
-    unit_bytes: int = 256 << 20
-    unit_files: int = 2000
-    range_bytes: int = 256 << 20
-    head_concurrency: int = 32
-    get_concurrency: int = 16
-    run_id: str | None = None
-    previous_run: str | None = None  # audit chain link; default: newest earlier sibling
-    full: bool = False  # re-hash everything instead of reusing the previous run's evidence
-    prehash: bool = True  # hash small source files while the destination is being listed
-    resume: bool = False  # continue the interrupted run in ``out``
-    source_listing: str | None = None  # an lfs find / find -printf listing instead of the walk
-    listing_format: str | None = None  # its -printf directives (ingest.DEFAULT_LISTING_FORMAT)
-    dest_inventory: str | None = None  # an S3 Inventory manifest.json instead of ListObjectsV2
-    checksum_report: str | None = None  # a compute-checksum completion report as evidence
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_source(source: str) -> str:
@@ -163,22 +130,6 @@ def _submit_windowed(client, pending: list, submit, window: int, on_result,
                 on_main_done()
                 on_main_done = None
             speculative.clear()
-
-
-#: the smallest value of each numeric setting (None: unset); named as its option
-LOWER_LIMITS = {"partitions": 1, "rows_per_partition": 1, "walk_budget": 1,
-                "max_open_files": 1, "fanout_depth": 0, "head_min_size": 0, "unit_bytes": 1,
-                "unit_files": 1, "range_bytes": 1, "head_concurrency": 1, "get_concurrency": 1}
-
-
-def check_limits(cfg: VerifyConfig) -> None:
-    """Every numeric setting in range, whoever built ``cfg`` (flags, job file, a notebook)."""
-    for name, lo in LOWER_LIMITS.items():
-        v = getattr(cfg, name)
-        if v is not None and v < lo:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}")
-    if cfg.max_metadata_ops is not None and not cfg.max_metadata_ops > 0:
-        raise ConfigError(f"--max-metadata-ops must be greater than 0, got {cfg.max_metadata_ops}")
 
 
 def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
@@ -505,7 +456,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
                               "units_reused": totals.get("units_reused", 0),
                               "units_computed": totals.get("units", 0)
                               - totals.get("units_reused", 0)}
-    REP.write_outputs(run_dir, summary)
+    HTML.write_outputs(run_dir, summary)
     # the audit record comes last: it hashes every output, report.html included
     manifest = AUD.write_manifest(run_dir, previous=cfg.previous_run,
                                   cluster=AUD.describe_cluster(client))

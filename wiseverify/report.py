@@ -140,8 +140,11 @@ def reconciliation_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted((Path(run_dir) / "reconciliation").glob("part-*.parquet"))
 
 
-def write_outputs(run_dir: str | os.PathLike, summary: dict) -> None:
-    """summary.json, combined.txt (rclone sigils), discrepancies.csv and report.html, atomically."""
+def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
+    """summary.json, combined.txt (rclone sigils) and discrepancies.csv, atomically.
+
+    ``htmlreport.write_outputs`` writes these and then the page that reads them.
+    """
     run_dir = Path(run_dir)
     tmp_comb = run_dir / ".combined.txt.tmp"
     tmp_csv = run_dir / ".discrepancies.csv.tmp"
@@ -163,10 +166,6 @@ def write_outputs(run_dir: str | os.PathLike, summary: dict) -> None:
     tmp = run_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, run_dir / "summary.json")
-    # the page for people; imported here because it reads this module's helpers
-    from .htmlreport import write_html
-
-    write_html(run_dir, summary)
 
 
 def _line_safe(key: str) -> str:

@@ -5,7 +5,7 @@ Parquet next to the inventories:
 
 * the destination's evidence is the listed ETag of a single-part object
   (an MD5, when no HeadObject is wanted: ``evidence.plan_one``'s cheapest
-  case) or a compute-checksum report entry (``ingest.report_evidence``);
+  case) or a compute-checksum report entry (``evidence.report_evidence``);
 * the source's digests were computed ahead of the plan
   (``inventory/prehash``, what ``digest.known_digests`` serves to a digest
   unit) for a file whose size and mtime still equal the listing's.
@@ -152,7 +152,7 @@ def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
 
 def report_choice(run_dir: str, part: int, dst_rel: pa.Array, etag: pa.Array,
                   multipart: np.ndarray) -> dict | None:
-    """The report entry ``ingest.report_evidence`` would pick for each candidate, or None.
+    """The report entry ``evidence.report_evidence`` would pick for each candidate, or None.
 
     Same files, order and rules as ``attach_checksums`` + ``report_evidence``:
     error-free entries of the candidate's key whose ETag (when both are known)
