@@ -1,30 +1,13 @@
-"""SLURM: one allocation per run (``sbatch slurm/verify.sh``) or worker jobs on demand.
+"""SLURM, one allocation per run: ``sbatch slurm/verify.sh`` runs ``python -m wiseverify.slurm``.
 
-Two ways to run on the cluster that hosts the data:
+``srun`` starts this module on every task of the allocation.  dask-jobqueue's
+:class:`SLURMRunner` gives each task its role: rank 0 runs the scheduler,
+rank 1 drives the verification (the ``wiseverify verify`` code path, attached
+through the scheduler file), every other rank is a worker.  The allocation is
+the whole cluster, so nothing outlives the job.
 
-* ``sbatch slurm/verify.sh`` starts ``python -m wiseverify.slurm`` on every task
-  of one allocation through ``srun``.  dask-jobqueue's :class:`SLURMRunner`
-  gives each task its role: rank 0 runs the scheduler, rank 1 drives the
-  verification (the ``wiseverify verify`` code path, attached through the
-  scheduler file), every other rank is a worker.  The allocation is the whole
-  cluster, so nothing outlives the job.
-* ``wiseverify verify --cluster slurm`` (a login node, a notebook) keeps the
-  driver and the scheduler where it runs and submits worker jobs with
-  dask-jobqueue's :class:`SLURMCluster`, scaled adaptively between a minimum
-  and a maximum number of jobs.  A worker job that ends early (``scancel``,
-  node failure, time limit) is noticed through ``squeue`` and replaced: the
-  cluster object would otherwise keep counting it and never ask for another.
-
-Settings come from dask config under ``wiseverify.slurm``: the packaged
-``wiseverify.yaml`` holds the defaults (like dask-jobqueue's
-``jobqueue.yaml``), user config files and ``DASK_WISEVERIFY__...``
-environment variables override them, and a job file's ``slurm:`` section
-overrides those for one run.
-
-Security: the scheduler and its dashboard bind to this node's own address
-(never all interfaces), workers likewise; TLS uses distributed's security
-settings; S3 credentials reach workers only through the environment SLURM
-propagates (``--export=ALL``), never through a job script, a job file or a log.
+Settings, TLS and the worker jobs of ``--cluster slurm`` are
+:mod:`wiseverify.slurmcluster`'s; its names are importable from here too.
 """
 
 from __future__ import annotations
