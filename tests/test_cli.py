@@ -210,3 +210,27 @@ def test_config_limits_hold_for_the_python_api(tmp_path):
     with pytest.raises(ConfigError, match=r"^--unit-bytes must be at least 1, got -5$"):
         check_limits(VerifyConfig("/tmp", "s3://b/p", str(tmp_path / "r"), unit_bytes=-5))
     check_limits(VerifyConfig("/tmp", "s3://b/p", str(tmp_path / "r")))  # the defaults pass
+
+
+def test_partition_context_takes_the_run_settings_from_the_config(tmp_path):
+    """Context's shared settings default to VerifyConfig's and are copied by name, not by hand."""
+    import dataclasses
+
+    from wiseverify import reconcile as R
+    from wiseverify.pipeline import VerifyConfig
+    from wiseverify.s3 import S3Target
+
+    target = S3Target.parse("s3://bkt/p")
+    plain = R.Context(root="/r", target=target, run_dir=str(tmp_path), run_id="x")
+    defaults = VerifyConfig("", "", "")
+    assert {n: getattr(plain, n) for n in R._SHARED} == {n: getattr(defaults, n)
+                                                          for n in R._SHARED}
+    cfg = VerifyConfig("/r", "s3://bkt/p", str(tmp_path), mode="readback", metadata="off",
+                       head_min_size=7, unit_bytes=9, unit_files=3, range_bytes=11,
+                       head_concurrency=5, get_concurrency=4, max_open_files=2,
+                       previous_run="/audit/link")
+    ctx = R.Context.from_config(cfg, root="/r", target=target, run_dir=str(tmp_path),
+                                run_id="x", min_units=6)
+    assert {n: getattr(ctx, n) for n in R._SHARED} == {n: getattr(cfg, n) for n in R._SHARED}
+    assert ctx.min_units == 6 and ctx.previous_run is None  # the audit link is not carried
+    assert set(R._SHARED) <= {f.name for f in dataclasses.fields(VerifyConfig)}

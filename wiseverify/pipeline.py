@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -377,15 +377,10 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     say(f"partitioned into {nparts} partition(s) ({t_part - t_inv:.1f} s)")
 
     # --- 3+4. per partition: plan, digest, reconcile -----------------------------------------
-    ctx = R.Context(
-        root=root, target=target, run_dir=str(run_dir), run_id=run_id, mode=cfg.mode,
-        metadata=cfg.metadata, head_min_size=cfg.head_min_size, unit_bytes=cfg.unit_bytes,
-        unit_files=cfg.unit_files, range_bytes=cfg.range_bytes,
-        head_concurrency=cfg.head_concurrency, get_concurrency=cfg.get_concurrency,
-    )
-    ctx = replace(ctx, min_units=4 * nthreads,
-                  previous_run=str(prev_dir) if prev_dir is not None else None,
-                  max_open_files=cfg.max_open_files, metadata_decision=decision)
+    ctx = R.Context.from_config(
+        cfg, root=root, target=target, run_dir=str(run_dir), run_id=run_id,
+        min_units=4 * nthreads, previous_run=str(prev_dir) if prev_dir is not None else None,
+        metadata_decision=decision)
     totals = REP.empty_totals()
     pending_parts = []
     reused_parts = 0

@@ -40,6 +40,7 @@ from . import ingest as INGEST
 from . import metascope as MS
 from . import schema as S
 from . import settle as SETTLE
+from .config import VerifyConfig
 from .evidence import (
     Evidence,
     apply_layout,
@@ -53,28 +54,46 @@ from .inventory import read_partition, write_atomic
 from .match import Matched, match_table
 from .s3 import S3Target, error_text
 
+#: the run's settings a partition task reads, with VerifyConfig's defaults (written once there)
+_SHARED = ("mode", "metadata", "head_min_size", "unit_bytes", "unit_files", "range_bytes",
+           "head_concurrency", "get_concurrency", "max_open_files")
+_DEFAULT = VerifyConfig("", "", "")
+
 
 @dataclass(frozen=True)
 class Context:
-    """Everything a partition task needs; small and picklable."""
+    """Everything a partition task needs; small and picklable.
+
+    The settings it shares with :class:`~wiseverify.config.VerifyConfig` take
+    their defaults from there, and :meth:`from_config` copies them by name.
+    """
 
     root: str
     target: S3Target
     run_dir: str
     run_id: str
-    mode: str = "stored"  # or "readback"
-    metadata: str = "auto"  # compare when a HEAD/GET returned it; "all" HEADs every object; "off"
-    head_min_size: int = 4 << 20
-    unit_bytes: int = 256 << 20
-    unit_files: int = 2000
-    range_bytes: int = 256 << 20
-    head_concurrency: int = 32
-    get_concurrency: int = 16
+    mode: str = _DEFAULT.mode  # or "readback"
+    metadata: str = _DEFAULT.metadata  # "auto": decided per prefix by metascope; "all"; "off"
+    head_min_size: int = _DEFAULT.head_min_size
+    unit_bytes: int = _DEFAULT.unit_bytes
+    unit_files: int = _DEFAULT.unit_files
+    range_bytes: int = _DEFAULT.range_bytes
+    head_concurrency: int = _DEFAULT.head_concurrency
+    get_concurrency: int = _DEFAULT.get_concurrency
+    max_open_files: int | None = _DEFAULT.max_open_files  # cluster-wide cap on open source files
     min_units: int = 8  # split small partitions into at least this many units
     previous_run: str | None = None  # reuse unchanged evidence of this run (incremental)
     #: --metadata auto: the run-wide sample's decision per top-level prefix (None: sample here)
     metadata_decision: MS.Decision | None = None
-    max_open_files: int | None = None  # cluster-wide cap on source files open at once
+
+    @classmethod
+    def from_config(cls, cfg: VerifyConfig, **kw) -> Context:
+        """A context with ``cfg``'s shared settings; ``kw`` gives the rest.
+
+        ``previous_run`` is not shared: the config's names the audit chain's link,
+        the context's the run whose evidence is carried.
+        """
+        return cls(**{name: getattr(cfg, name) for name in _SHARED}, **kw)
 
     @property
     def src_inv(self) -> str:
