@@ -153,7 +153,6 @@ class Scope:
     head: np.ndarray
     failed: dict[int, str] = field(default_factory=dict)
     requests: int = 0  # sample HEADs made for this partition alone (no run-wide decision)
-    sample: dict = field(default_factory=dict)  # Decision.counts() of such a sample
 
 
 def scope(target: S3Target, rel: pa.Array | pa.ChunkedArray, positions: np.ndarray, n: int,
@@ -176,7 +175,7 @@ def scope(target: S3Target, rel: pa.Array | pa.ChunkedArray, positions: np.ndarr
         decision = probe(target, merge_samples([K.sample_by_prefix(rel, hashes,
                                                                    SAMPLE_PER_PREFIX)]),
                          concurrency)
-        out.requests, out.sample = decision.sampled, decision.counts()
+        out.requests = decision.sampled
     enc = K.top_prefixes(rel).dictionary_encode()
     codes = enc.indices.to_numpy(zero_copy_only=False)
     names = enc.dictionary.to_pylist()

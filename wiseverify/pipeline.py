@@ -427,7 +427,7 @@ def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
     finished = datetime.now(UTC)
     summary = REP.build_summary(
         run_id=run_id, root=root, dest=target.url, mode=cfg.mode, metadata=cfg.metadata,
-        metadata_sample=decision.counts() if decision is not None else None, totals=totals,
+        metadata_sample=(decision or MS.Decision()).counts(), totals=totals,
         started=started, finished=finished, nparts=nparts, stats=stats,
         workers=sorted(workers), hostname=socket.gethostname(),
         timings={"inventory_s": round(t_inv - t0, 3), "partition_s": round(t_part - t_inv, 3),

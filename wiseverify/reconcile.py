@@ -96,6 +96,10 @@ class Context:
         """
         return cls(**{name: getattr(cfg, name) for name in _SHARED}, **kw)
 
+    def source_path(self, key_bytes: bytes) -> bytes:
+        """The absolute source path of a key's exact name bytes."""
+        return os.fsencode(self.root) + b"/" + bytes(key_bytes)
+
     @property
     def src_inv(self) -> str:
         return str(Path(self.run_dir) / "inventory" / "src")
@@ -180,7 +184,6 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
                                ctx.head_min_size, ctx.head_concurrency))
     evs = [Evidence(error=scope.failed[int(p)]) if int(p) in scope.failed else next(asked)
            for p in open_pos]
-    broot = os.fsencode(ctx.root)
     evidence: dict[int, Evidence] = {}
     items: list[D.FileItem] = []
     for i, row, ev in zip(cand_idx, cand_rows, evs, strict=True):
@@ -190,7 +193,7 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
         items.append(
             D.FileItem(
                 idx=i,
-                path=broot + b"/" + bytes(row["key_bytes"]),
+                path=ctx.source_path(row["key_bytes"]),
                 size=int(row["src_size"]),
                 mtime_ns=int(row["src_mtime_ns"]),
                 spec=ev.spec,
@@ -207,7 +210,7 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     return {"part": part, "frame": m, "evidence": evidence, "units": units,
             "carried": carried, "requests": scope.requests + sum(e.requests for e in evs),
             "matched": mt, "positions": positions, "settled": settled, "stage_s": stage_s,
-            "meta_head": scope.head[positions], "meta_sample": scope.sample}
+            "meta_head": scope.head[positions]}
 
 
 def _skip_released(ctx: Context, mt: Matched) -> None:
@@ -222,8 +225,7 @@ def _skip_released(ctx: Context, mt: Matched) -> None:
     maybe = pc.fill_null(pc.and_(pc.greater(t.column("src_size"), 0),
                                  pc.less(pc.multiply(blocks, 512), size)), False)
     rows = np.flatnonzero(maybe.to_numpy(zero_copy_only=False))
-    broot = os.fsencode(ctx.root)
-    paths = {broot + b"/" + kb: int(cand[r]) for r, kb in
+    paths = {ctx.source_path(kb): int(cand[r]) for r, kb in
              zip(rows, t.column("key_bytes").take(pa.array(rows)).to_pylist(), strict=True)}
     for path, reason in hsm.released(list(paths), lfs).items():
         if path in paths:
@@ -329,6 +331,11 @@ def _computed(ev: Evidence, res: dict) -> tuple[str | None, list[str]]:
     return None, []
 
 
+def _matches(ev: Evidence, got: str | None, alts: list[str]) -> bool:
+    """The source value equals the destination's, or an alternative reading equals its twin."""
+    return got == ev.expected or any(alt == v for alt in alts for (_, _, v) in ev.alternatives)
+
+
 def _confirm_layout(ctx: Context, m: pd.DataFrame, i: int, ev: Evidence, size: int) -> dict:
     """Before a rebuilt multipart ETag or composite checksum is reported as different.
 
@@ -354,7 +361,7 @@ def _confirm_layout(ctx: Context, m: pd.DataFrame, i: int, ev: Evidence, size: i
         return {"status": None, "same": False, "got": None, "bytes": 0,
                 "layout": f"part layout {layout_text(lengths)} confirmed by HeadObject of "
                           "every part"}
-    item = D.FileItem(idx=i, path=os.fsencode(ctx.root) + b"/" + bytes(m.at[i, "key_bytes"]),
+    item = D.FileItem(idx=i, path=ctx.source_path(m.at[i, "key_bytes"]),
                       size=size, mtime_ns=int(m.at[i, "src_mtime_ns"]), spec=ev.spec)
     with open_files_lease(ctx):
         res = D.combine_ranges([D.hash_source_range(r) for r in
@@ -362,7 +369,7 @@ def _confirm_layout(ctx: Context, m: pd.DataFrame, i: int, ev: Evidence, size: i
     if res["error"]:
         return {"status": S.SOURCE_ERROR, "detail": res["error"], "bytes": res.get("bytes", 0)}
     got, alts = _computed(ev, res)
-    same = got == ev.expected or any(alt == v for alt in alts for (_, _, v) in ev.alternatives)
+    same = _matches(ev, got, alts)
     return {"status": None, "same": same, "got": got, "bytes": res.get("bytes", 0),
             "layout": f"part layout {layout_text(lengths)} from HeadObject of every part, "
                       "source hashed again with it"}
@@ -442,11 +449,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
             got, alts = _computed(ev, res)
             out["src_digest"][i] = got
             out["verified_by"][i] = ev.kind
-            same = got == ev.expected or any(
-                alt == v for alt in alts for (_, _, v) in ev.alternatives
-            )
-            if not same and alts:
-                out["verified_by"][i] = ev.kind
+            same = _matches(ev, got, alts)
             what = f"{ev.kind}: source {got} != destination {ev.expected}" + (
                 f" ({ev.note})" if ev.note else "")
             if not same and ev.kind == "etag-md5":
@@ -526,7 +529,6 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
         "carried": len(plan.get("carried", {})),
         "units": len(unit_results),
         "units_reused": sum(1 for r in unit_results if r.get("reused")),
-        "metadata_sample": plan.get("meta_sample") or {},
         "open_intervals": [r["open_interval"] for r in unit_results if r.get("open_interval")],
         "stage_s": stage_s,
     }

@@ -21,16 +21,10 @@ DISCREPANCY_COLUMNS = ["status", "key", "dst_key", "detail", "verified_by", "src
                        "dst_size", "src_mtime_ns", "dst_etag", "dst_checksum", "src_digest"]
 
 
-#: top-level prefixes named in the summary's metadata section (counts stay complete)
-MAX_PREFIXES = 50
-
-
 def empty_totals() -> dict:
     return {"counts": {}, "bytes": {}, "verified_by": {}, "bytes_read_src": 0,
             "bytes_read_dst": 0, "rows": 0, "requests": 0, "partitions": 0,
-            "metadata_objects": 0, "metadata_compared": 0, "metadata_sampled": 0,
-            "metadata_sampled_without": 0, "metadata_sample_errors": 0,
-            "prefixes_with_metadata": set(), "prefixes_without_metadata": set()}
+            "metadata_objects": 0, "metadata_compared": 0}
 
 
 def add_totals(totals: dict, part: dict) -> None:
@@ -40,34 +34,16 @@ def add_totals(totals: dict, part: dict) -> None:
     for k in ("bytes_read_src", "bytes_read_dst", "rows", "requests", "carried", "units",
               "units_reused", "metadata_objects", "metadata_compared"):
         totals[k] = totals.get(k, 0) + part.get(k, 0)
-    sample = part.get("metadata_sample") or {}
-    totals["metadata_sampled"] += sample.get("sampled", 0)
-    totals["metadata_sampled_without"] += sample.get("sampled_without_metadata", 0)
-    totals["metadata_sample_errors"] += sample.get("sample_errors", 0)
-    for k in ("prefixes_with_metadata", "prefixes_without_metadata"):
-        names = totals[k]
-        for name in sample.get(k, ()):
-            if len(names) < MAX_PREFIXES:
-                names.add(name)
     totals["partitions"] += 1
 
 
-def metadata_summary(totals: dict, setting: str, sample: dict | None = None) -> dict:
+def metadata_summary(totals: dict, setting: str, sample: dict) -> dict:
     """What was checked of the stored POSIX metadata, for summary.json and the report.
 
-    ``sample`` is the run-wide ``metascope.Decision.counts()``; without one the
-    partitions' own samples are added up (a prefix is listed as without
-    metadata only where no partition found any in it).
+    ``sample`` is the run's ``metascope.Decision.counts()`` (all zero and empty
+    when nothing was sampled).
     """
     objects, compared = totals["metadata_objects"], totals["metadata_compared"]
-    if sample is None:
-        with_md = totals["prefixes_with_metadata"]
-        sample = {"sampled": totals["metadata_sampled"],
-                  "sampled_without_metadata": totals["metadata_sampled_without"],
-                  "sample_errors": totals["metadata_sample_errors"],
-                  "prefixes_with_metadata": sorted(with_md),
-                  "prefixes_without_metadata": sorted(
-                      totals["prefixes_without_metadata"] - with_md)}
     return {"setting": setting, "objects": objects, "compared": compared,
             "not_compared": objects - compared, **sample}
 
@@ -100,7 +76,7 @@ def exit_code(summary: dict) -> int:
 
 
 def build_summary(*, run_id: str, root: str, dest: str, mode: str, metadata: str,
-                  metadata_sample: dict | None, totals: dict,
+                  metadata_sample: dict, totals: dict,
                   started: datetime, finished: datetime, nparts: int, stats: dict,
                   workers: list, hostname: str, timings: dict) -> dict:
     counts = {s: totals["counts"].get(s, 0) for s in S.STATUSES}
