@@ -65,7 +65,7 @@ def venv_bin(name: str) -> str:
 def rclone_env(s3, remote: str) -> dict:
     """An S3 remote ``remote`` for rclone on the local endpoint ``s3``, from environment
     variables only (no config file)."""
-    from wiseverify.locals3 import FAKE_CREDENTIALS
+    from wiseverify.demo.locals3 import FAKE_CREDENTIALS
 
     env = dict(os.environ)
     p = f"RCLONE_CONFIG_{remote}_"

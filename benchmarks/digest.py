@@ -16,10 +16,10 @@ What it does, in one run:
   counts);
 * measures the hash rate of each digest on one core (256 MiB in memory);
 * starts a Dask LocalCluster as ``wiseverify verify`` does and, per case, packs
-  the files into work units with :func:`wiseverify.digest.make_units` (the
+  the files into work units with :func:`wiseverify.digest.units.make_units` (the
   verify defaults: 256 MiB units and ranges) and runs
-  :func:`wiseverify.digest.run_unit` on every unit as a task, then folds the
-  range results with :func:`wiseverify.digest.combine_ranges` and checks them
+  :func:`wiseverify.digest.hashing.run_unit` on every unit as a task, then folds the
+  range results with :func:`wiseverify.digest.hashing.combine_ranges` and checks them
   against digests computed directly;
 * prints ours, the limit = min(read rate, cores x hash rate of the digests the
   case needs) and ours/limit (target >= 0.8) for each of ``--repeat`` rounds
@@ -50,8 +50,10 @@ from pathlib import Path
 
 from _bench import clean_up, load, load_kv, make_workdir, new_session, print_results
 
-from wiseverify import digest as D
-from wiseverify.cluster import default_workers, open_client
+from wiseverify.core import checksums as CHECKSUMS
+from wiseverify.deploy.cluster import default_workers, open_client
+from wiseverify.digest import hashing as HASHING
+from wiseverify.digest import units as D
 
 MiB = 1 << 20
 PART = 8 * MiB  # the aws cli / boto3 default part size
@@ -121,12 +123,12 @@ def hash_rates() -> dict[str, float]:
         best = float("inf")
         for step in (MiB, 8 * MiB, MiB, 8 * MiB, MiB, 8 * MiB):
             t0 = time.perf_counter()
-            if algo in D.CRC_FUNCS:
+            if algo in CHECKSUMS.CRC_FUNCS:
                 v = 0
                 for off in range(0, len(data), step):
-                    v = D.CRC_FUNCS[algo](data[off:off + step], v)
+                    v = CHECKSUMS.CRC_FUNCS[algo](data[off:off + step], v)
             else:
-                h = D.HASH_FUNCS[algo]()
+                h = CHECKSUMS.HASH_FUNCS[algo]()
                 for off in range(0, len(data), step):
                     h.update(data[off:off + step])
             best = min(best, time.perf_counter() - t0)
@@ -161,7 +163,7 @@ def run_ours(client, items: list[D.FileItem], case: str) -> tuple[float, int, li
     """make_units + one run_unit task per unit on the cluster; wall, units, per-file results."""
     t0 = time.monotonic()
     units = D.make_units(items, unit_bytes=256 * MiB, unit_files=2000, range_bytes=256 * MiB)
-    futs = [client.submit(D.run_unit, u, pure=False, key=f"digest-{case}-{i}-{time.time_ns()}")
+    futs = [client.submit(HASHING.run_unit, u, pure=False, key=f"digest-{case}-{i}-{time.time_ns()}")
             for i, u in enumerate(units)]
     results = client.gather(futs)
     wall = time.monotonic() - t0
@@ -169,7 +171,7 @@ def run_ours(client, items: list[D.FileItem], case: str) -> tuple[float, int, li
     for res in results:
         for r in res["src"]:
             by_file.setdefault(r["idx"], []).append(r)
-    folded = [D.combine_ranges(by_file[it.idx], it.spec, it.size) for it in items]
+    folded = [HASHING.combine_ranges(by_file[it.idx], it.spec, it.size) for it in items]
     return wall, len(units), folded
 
 
@@ -181,12 +183,12 @@ def check(items: list[D.FileItem], folded: list[dict], case: str) -> None:
     crc, md5s = 0, []
     with open(it.path, "rb") as f:
         while chunk := f.read(PART):
-            crc = D.CRC_FUNCS["crc64nvme"](chunk, crc)
+            crc = CHECKSUMS.CRC_FUNCS["crc64nvme"](chunk, crc)
             md5s.append(hashlib.md5(chunk).digest())
     if got["crc"]["crc64nvme"] != crc:
         raise SystemExit("combined CRC64NVME differs from a straight pass")
-    if case == "etag-multipart" and D.multipart_etag(got["parts"]["md5"]) != \
-            D.multipart_etag(md5s):
+    if case == "etag-multipart" and CHECKSUMS.multipart_etag(got["parts"]["md5"]) != \
+            CHECKSUMS.multipart_etag(md5s):
         raise SystemExit("rebuilt multipart ETag differs from a straight pass")
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from verify_vs_rclone import BUCKET, PREFIX, build_fixture  # noqa: E402
 
-from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3  # noqa: E402
+from wiseverify.demo.locals3 import FAKE_CREDENTIALS, LocalS3
 
 
 def _cmd(fx_root: Path, s3: LocalS3, out: Path, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ What it does:
   (default 2,000) beside the prefix that neither tool may list, from
   ``--threads`` upload threads (default 32);
 * starts a Dask LocalCluster as ``wiseverify verify`` does and runs the tool's
-  destination inventory stage on it (:func:`wiseverify.pipeline.list_dest`:
+  destination inventory stage on it (:func:`wiseverify.run.inventory_stage.list_dest`:
   the listing tasks of ``verify``, spooling Parquet, counting);
 * runs ``rclone lsf -R`` and ``rclone lsf -R --fast-list`` on the same prefix
   (remote configured through ``RCLONE_CONFIG_*`` variables), output counted;
@@ -56,10 +56,10 @@ from _bench import (
     workers_cpu,
 )
 
-from wiseverify.cluster import open_client
-from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3
-from wiseverify.pipeline import list_dest
-from wiseverify.s3 import S3Target
+from wiseverify.core.s3 import S3Target
+from wiseverify.demo.locals3 import FAKE_CREDENTIALS, LocalS3
+from wiseverify.deploy.cluster import open_client
+from wiseverify.run.inventory_stage import list_dest
 
 BUCKET = "list-bench"
 PREFIX = "data/"

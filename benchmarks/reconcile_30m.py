@@ -86,9 +86,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wiseverify import inventory as INV
-from wiseverify import keys as K
-from wiseverify import schema as S
+from wiseverify.core import keys as K
+from wiseverify.core import schema as S
+from wiseverify.inventory import partition as INV
 
 MiB = 1 << 20
 #: aws cli / boto3 default multipart threshold and part size
@@ -300,7 +300,7 @@ def regroup(side: Path, rows_per_chunk: list[int], group_rows: int) -> None:
     (``pipeline._groups``), so the checksum report (a few percent of the keys)
     ends up in one or two files per partition, not one per source chunk.
     """
-    from wiseverify.pipeline import _groups
+    from wiseverify.run.inventory_stage import _groups
 
     groups = _groups([(f"c{c:05d}", n) for c, n in enumerate(rows_per_chunk)], group_rows)
     for part in sorted(side.glob("part=*")):
@@ -327,11 +327,12 @@ def _worker_peak() -> dict:
 def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int,
              threads: int, head_min_size: int) -> dict:
     """Partitions through ``pipeline._partition_job`` on a local cluster, as verify() does."""
-    from wiseverify import pipeline as P
-    from wiseverify import reconcile as R
-    from wiseverify import report as REP
-    from wiseverify.cluster import open_client
-    from wiseverify.s3 import S3Target
+    from wiseverify.core.s3 import S3Target
+    from wiseverify.deploy.cluster import open_client
+    from wiseverify.reconcile import plan as R
+    from wiseverify.report import summary as REP
+    from wiseverify.run import inventory_stage as P
+    from wiseverify.run import tasks as TASKS
 
     target = S3Target(BUCKET, PREFIX, endpoint)
     t_start = time.monotonic()
@@ -351,7 +352,7 @@ def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int
         pending = list(range(nparts - 1, -1, -1))
 
         def submit(p):
-            return client.submit(P._partition_job, ctx, p, None, prehash_dir, pure=False,
+            return client.submit(TASKS._partition_job, ctx, p, None, prehash_dir, pure=False,
                                  key=f"partition-{p}-bench")
 
         def on_part(res):
@@ -549,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse the inventories already in --workdir (no generation)")
     args = ap.parse_args(argv)
 
-    from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3
+    from wiseverify.demo.locals3 import FAKE_CREDENTIALS, LocalS3
 
     os.environ.update(FAKE_CREDENTIALS)
     # a SIGTERM still runs the finally blocks: the local S3 endpoint and the data go away

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from _bench import clean_up, load, make_workdir, print_results, rclone_env, venv_bin
 
-from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3, put_multipart
+from wiseverify.demo.locals3 import FAKE_CREDENTIALS, LocalS3, put_multipart
 
 MiB = 1 << 20
 BUCKET = "bench-bucket"

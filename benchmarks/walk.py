@@ -11,8 +11,8 @@ What it does:
   a deep part (6 x 6 x 6 x 6 directories), a flat part (10 directories of
   10,000 entries) and one huge directory (``--huge``, default 120,000 entries);
 * starts a Dask LocalCluster the way ``wiseverify verify`` does
-  (:func:`wiseverify.cluster.open_client`) and runs the tool's source
-  inventory stage on it (:func:`wiseverify.pipeline.walk_source`: the walk
+  (:func:`wiseverify.deploy.cluster.open_client`) and runs the tool's source
+  inventory stage on it (:func:`wiseverify.run.inventory_stage.walk_source`: the walk
   tasks of ``verify``, spooling Arrow IPC files, counting), and
   ``find ROOT -printf '%s %T@ %p\\n' > /dev/null``, alternately, warm cache,
   ``--repeat`` times each (default 3), keeping each one's best wall;
@@ -46,8 +46,8 @@ from pathlib import Path
 
 from _bench import clean_up, load, load_kv, make_workdir, new_session, print_results, workers_cpu
 
-from wiseverify.cluster import open_client
-from wiseverify.pipeline import walk_source
+from wiseverify.deploy.cluster import open_client
+from wiseverify.run.inventory_stage import walk_source
 
 DEEP_FANOUT = 6  # directories per level in the deep part, four levels
 FLAT_DIRS = 10

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from wiseverify.locals3 import FAKE_CREDENTIALS, LocalS3
+from wiseverify.demo.locals3 import FAKE_CREDENTIALS, LocalS3
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,7 +63,8 @@ def read_table(run_dir: str | Path) -> dict[str, dict]:
 @pytest.fixture
 def run_verify(dask_client, s3, tmp_path):
     """Run a whole verification on the shared cluster; returns (summary, {key: row})."""
-    from wiseverify.pipeline import VerifyConfig, verify
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.run.driver import verify
 
     counter = iter(range(1000))
 

@@ -12,8 +12,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from wiseverify.demo import build_fixture
-from wiseverify.pipeline import VerifyConfig, verify
+from wiseverify.core.config import VerifyConfig
+from wiseverify.demo.tree import build_fixture
+from wiseverify.run.driver import verify
 
 _CACHE: dict[str, object] = {}
 

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from wiseverify import audit as AUD
-from wiseverify.cli import main as cli_main
-from wiseverify.locals3 import FAKE_CREDENTIALS
+from wiseverify.cli.main import main as cli_main
+from wiseverify.demo.locals3 import FAKE_CREDENTIALS
+from wiseverify.report import audit as AUDIT
+from wiseverify.report import manifest as AUD
 
 from .demo_runs import copy_run
 
@@ -35,7 +36,7 @@ def run_copy(demo_run, tmp_path, monkeypatch):  # noqa: F811
 
 
 def test_manifest_records_the_run(demo_run):  # noqa: F811
-    m = AUD.load_manifest(demo_run)
+    m = AUDIT.load_manifest(demo_run)
     summary = json.loads((demo_run / "summary.json").read_text())
     assert m["run_id"] == summary["run_id"]
     assert m["counts"] == summary["counts"] and m["verdict"] == "FAIL"
@@ -57,9 +58,9 @@ def test_manifest_records_the_run(demo_run):  # noqa: F811
 
 
 def test_intact_run_passes_and_report_rebuild_keeps_it(run_copy, capsys):
-    res = AUD.audit(run_copy)
+    res = AUDIT.audit(run_copy)
     assert res.ok, res.problems
-    assert res.files_checked == len(AUD.load_manifest(run_copy)["files"])
+    assert res.files_checked == len(AUDIT.load_manifest(run_copy)["files"])
     # `wiseverify report` rebuilds the outputs byte for byte
     assert cli_main(["report", str(run_copy)]) == 1  # the demo run has discrepancies
     assert cli_main(["audit", str(run_copy)]) == 0
@@ -71,7 +72,7 @@ def test_one_flipped_byte_in_a_parquet_file_is_detected(run_copy, victim):
     target = sorted((run_copy / victim).rglob("*.parquet"))[0]
     rel = target.relative_to(run_copy).as_posix()
     flip_byte(target)
-    res = AUD.audit(run_copy)
+    res = AUDIT.audit(run_copy)
     assert not res.ok
     assert any(p.startswith(f"modified: {rel}") for p in res.problems), res.problems
     proc = wv("audit", str(run_copy))
@@ -83,7 +84,7 @@ def test_one_flipped_byte_in_a_parquet_file_is_detected(run_copy, victim):
 def test_missing_and_added_files_are_detected(run_copy):
     (run_copy / "discrepancies.csv").unlink()
     (run_copy / "reconciliation" / "part-00099.parquet").write_bytes(b"not evidence")
-    res = AUD.audit(run_copy)
+    res = AUDIT.audit(run_copy)
     assert "missing: discrepancies.csv" in res.problems
     assert any(p.startswith("unlisted: reconciliation/part-00099.parquet") for p in res.problems)
     # the JSON form for scripts
@@ -109,12 +110,12 @@ def test_runs_form_a_chain_and_a_broken_link_is_detected(run_verify, s3, bucket,
     monkeypatch.setenv(AUD.ENV_KEY, "chain-test-key")
     second, _ = run_verify(src, f"s3://{bucket}/c/")
     run0, run1 = tmp_path / "run0", tmp_path / "run1"
-    m1 = AUD.load_manifest(run1)
+    m1 = AUDIT.load_manifest(run1)
     assert m1["previous"]["run_id"] == first["run_id"]
     assert m1["previous"]["path"] == "../run0"
     assert m1["previous"]["manifest_sha256"] == AUD.sha256_file(run0 / AUD.MANIFEST)
     assert m1["signature"]["algorithm"] == "HMAC-SHA256"
-    res = AUD.audit(run1, key=b"chain-test-key")
+    res = AUDIT.audit(run1, key=b"chain-test-key")
     assert res.ok, res.problems
     assert res.chain == [second["run_id"], first["run_id"]]
     assert res.signature == "valid"
@@ -123,7 +124,7 @@ def test_runs_form_a_chain_and_a_broken_link_is_detected(run_verify, s3, bucket,
     m0 = json.loads((run0 / AUD.MANIFEST).read_text())
     m0["counts"]["MATCH"] += 1
     (run0 / AUD.MANIFEST).write_text(json.dumps(m0, indent=2, sort_keys=True) + "\n")
-    res = AUD.audit(run1, key=b"chain-test-key")
+    res = AUDIT.audit(run1, key=b"chain-test-key")
     assert not res.ok
     assert any(p.startswith("broken chain link") and "was modified" in p for p in res.problems)
     proc = wv("audit", str(run1))
@@ -131,33 +132,33 @@ def test_runs_form_a_chain_and_a_broken_link_is_detected(run_verify, s3, bucket,
 
     # deleting the older run breaks it too
     (run0 / AUD.MANIFEST).unlink()
-    res = AUD.audit(run1, key=b"chain-test-key")
+    res = AUDIT.audit(run1, key=b"chain-test-key")
     assert any("broken chain link" in p and "is missing" in p for p in res.problems)
 
 
 def test_hmac_signature(run_copy, monkeypatch):
     key = b"s3cr3t-audit-key"
     AUD.write_manifest(run_copy, key=key)
-    m = AUD.load_manifest(run_copy)
+    m = AUDIT.load_manifest(run_copy)
     assert m["signature"]["algorithm"] == "HMAC-SHA256"
     assert key.decode() not in (run_copy / AUD.MANIFEST).read_text()
-    assert AUD.audit(run_copy, key=key).signature == "valid"
-    assert AUD.audit(run_copy, key=key).ok
+    assert AUDIT.audit(run_copy, key=key).signature == "valid"
+    assert AUDIT.audit(run_copy, key=key).ok
 
-    wrong = AUD.audit(run_copy, key=b"another key")
+    wrong = AUDIT.audit(run_copy, key=b"another key")
     assert wrong.signature == "invalid" and not wrong.ok
     assert any("signed with another key" in p for p in wrong.problems)
 
-    unchecked = AUD.audit(run_copy)
+    unchecked = AUDIT.audit(run_copy)
     assert unchecked.ok and unchecked.signature == "unchecked"
-    assert not AUD.audit(run_copy, require_signature=True).ok
+    assert not AUDIT.audit(run_copy, require_signature=True).ok
 
     # a manifest edited to match a tampered file no longer verifies
     target = run_copy / "reconciliation" / "part-00000.parquet"
     flip_byte(target)
     m["files"]["reconciliation/part-00000.parquet"]["sha256"] = AUD.sha256_file(target)
     (run_copy / AUD.MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True))
-    forged = AUD.audit(run_copy, key=key)
+    forged = AUDIT.audit(run_copy, key=key)
     assert forged.signature == "invalid" and not forged.ok
 
     # the CLI reads the key from the environment

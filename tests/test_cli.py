@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from wiseverify.locals3 import free_port
+from wiseverify.demo.locals3 import free_port
 
 from .s3proxy import Faults, S3Proxy
 
@@ -166,7 +166,7 @@ def test_job_file_wrong_type(tmp_path):
 def test_reference_job_file_is_valid():
     from pathlib import Path
 
-    from wiseverify.jobfile import load_job, verify_argv
+    from wiseverify.deploy.jobfile import load_job, verify_argv
 
     job = load_job(Path(__file__).parent.parent / "jobs" / "platform-cutover.yaml")
     argv = verify_argv(job, stamp="20261127T220000Z")
@@ -203,7 +203,8 @@ def test_out_naming_a_file_is_one_line(small_tree, tmp_path, s3, bucket):
 
 def test_config_limits_hold_for_the_python_api(tmp_path):
     """Notebooks build VerifyConfig directly: the same limits, the same message."""
-    from wiseverify.pipeline import ConfigError, VerifyConfig, check_limits
+    from wiseverify.core.config import VerifyConfig, check_limits
+    from wiseverify.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^--partitions must be at least 1, got 0$"):
         check_limits(VerifyConfig("/tmp", "s3://b/p", str(tmp_path / "r"), partitions=0))
@@ -216,9 +217,9 @@ def test_partition_context_takes_the_run_settings_from_the_config(tmp_path):
     """Context's shared settings default to VerifyConfig's and are copied by name, not by hand."""
     import dataclasses
 
-    from wiseverify import reconcile as R
-    from wiseverify.pipeline import VerifyConfig
-    from wiseverify.s3 import S3Target
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.core.s3 import S3Target
+    from wiseverify.reconcile import plan as R
 
     target = S3Target.parse("s3://bkt/p")
     plain = R.Context(root="/r", target=target, run_dir=str(tmp_path), run_id="x")

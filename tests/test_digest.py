@@ -11,8 +11,10 @@ import zlib
 import pytest
 from awscrt import checksums
 
-from wiseverify import digest as D
-from wiseverify.locals3 import put_multipart
+from wiseverify.core import checksums as CHECKSUMS
+from wiseverify.demo.locals3 import put_multipart
+from wiseverify.digest import hashing as HASHING
+from wiseverify.digest import units as D
 
 MiB = 1 << 20
 
@@ -24,7 +26,7 @@ def test_crc64nvme_check_value():
 def test_crc_s3_encoding():
     # S3 headers carry base64 of the big-endian CRC
     value = checksums.crc32(b"hello")
-    assert D.crc_b64("crc32", value) == base64.b64encode(value.to_bytes(4, "big")).decode()
+    assert CHECKSUMS.crc_b64("crc32", value) == base64.b64encode(value.to_bytes(4, "big")).decode()
     assert zlib.crc32(b"hello") == value
 
 
@@ -39,9 +41,9 @@ def _hash_in_ranges(path, data, spec, range_bytes):
     st = path.stat()
     item = D.FileItem(idx=0, path=str(path), size=len(data), mtime_ns=st.st_mtime_ns, spec=spec)
     ranges = D.split_file(item, range_bytes)
-    results = [D.hash_source_range(r) for r in ranges]
+    results = [HASHING.hash_source_range(r) for r in ranges]
     random.Random(3).shuffle(results)  # combining must not depend on completion order
-    return ranges, D.combine_ranges(results, spec, len(data))
+    return ranges, HASHING.combine_ranges(results, spec, len(data))
 
 
 @pytest.mark.parametrize("algo", ["crc32", "crc32c", "crc64nvme"])
@@ -50,7 +52,7 @@ def test_range_combined_crc_equals_whole_file_crc(tmp_path, algo):
     ranges, res = _hash_in_ranges(path, data, D.Spec(whole=(algo,)), 8 * MiB)
     assert len(ranges) == 5
     assert res["error"] is None
-    assert res["crc"][algo] == D.CRC_FUNCS[algo](data)
+    assert res["crc"][algo] == CHECKSUMS.CRC_FUNCS[algo](data)
 
 
 @pytest.mark.parametrize("part_size", [5 * MiB, 8 * MiB])
@@ -64,13 +66,13 @@ def test_rebuilt_multipart_etag_equals_endpoint(tmp_path, s3, bucket, part_size)
     # ranges smaller than a part still cut only at part boundaries
     ranges, res = _hash_in_ranges(path, data, spec, part_size)
     assert all(r.offset % part_size == 0 for r in ranges)
-    assert D.multipart_etag(res["parts"]["md5"]) == etag
+    assert CHECKSUMS.multipart_etag(res["parts"]["md5"]) == etag
     assert res["crc"]["crc64nvme"] == checksums.crc64nvme(data)
     # and a single corrupted byte in the middle part changes it
     bad = bytearray(data)
     bad[part_size + part_size // 2] ^= 1
     parts = [hashlib.md5(bytes(bad[o : o + part_size])).digest() for o in offsets]
-    assert D.multipart_etag(parts) != etag
+    assert CHECKSUMS.multipart_etag(parts) != etag
 
 
 def test_composite_sha256_equals_endpoint(tmp_path, s3, bucket):
@@ -81,7 +83,7 @@ def test_composite_sha256_equals_endpoint(tmp_path, s3, bucket):
     offsets = (0, 5 * MiB, 10 * MiB)
     spec = D.Spec(whole=(), parts=("sha256",), part_offsets=offsets)
     _, res = _hash_in_ranges(path, data, spec, 5 * MiB)
-    assert D.composite("sha256", res["parts"]["sha256"]) == stored["ChecksumSHA256"].split("-")[0]
+    assert CHECKSUMS.composite("sha256", res["parts"]["sha256"]) == stored["ChecksumSHA256"].split("-")[0]
 
 
 def test_single_part_crc64nvme_equals_endpoint(tmp_path, s3, bucket):
@@ -90,7 +92,7 @@ def test_single_part_crc64nvme_equals_endpoint(tmp_path, s3, bucket):
     client.put_object(Bucket=bucket, Key="s.bin", Body=data, ChecksumAlgorithm="CRC64NVME")
     stored = client.head_object(Bucket=bucket, Key="s.bin", ChecksumMode="ENABLED")
     _, res = _hash_in_ranges(path, data, D.Spec(whole=("crc64nvme",)), MiB)
-    assert D.crc_b64("crc64nvme", res["crc"]["crc64nvme"]) == stored["ChecksumCRC64NVME"]
+    assert CHECKSUMS.crc_b64("crc64nvme", res["crc"]["crc64nvme"]) == stored["ChecksumCRC64NVME"]
 
 
 def test_changed_file_is_an_error_not_a_digest(tmp_path):
@@ -100,10 +102,10 @@ def test_changed_file_is_an_error_not_a_digest(tmp_path):
                       spec=D.Spec(whole=("md5",)))
     with open(path, "ab") as f:
         f.write(b"more")
-    res = D.hash_source_range(D.RangeTask(item, 0, len(data)))
+    res = HASHING.hash_source_range(D.RangeTask(item, 0, len(data)))
     assert res["error"] and "changed since listing" in res["error"]
     os.unlink(path)
-    res = D.hash_source_range(D.RangeTask(item, 0, len(data)))
+    res = HASHING.hash_source_range(D.RangeTask(item, 0, len(data)))
     assert res["error"] == "cannot open: vanished since listing"
 
 
@@ -111,7 +113,7 @@ def test_fifo_swapped_in_does_not_hang(tmp_path):
     p = tmp_path / "was_a_file"
     os.mkfifo(p)
     item = D.FileItem(idx=0, path=str(p), size=10, mtime_ns=0, spec=D.Spec(whole=("md5",)))
-    res = D.hash_source_range(D.RangeTask(item, 0, 10))
+    res = HASHING.hash_source_range(D.RangeTask(item, 0, 10))
     assert res["error"] == "no longer a regular file"
 
 
@@ -130,7 +132,7 @@ def test_units_pack_small_files_and_split_large_ones():
     assert len(D.split_file(md5, 8 * MiB)) == 1
 
 
-# --- readback GETs signed locally (wiseverify.getrange) ------------------------------------
+# --- readback GETs signed locally (wiseverify.digest.getrange) ------------------------------------
 
 HOSTILE_KEYS = ["plain.bin", "sp ace/\u00fc+%2F~x", "a//b", "/lead", "trail/", "emoji \U0001F600",
                 "q?x#y&z=1", "semi;colon,comma=eq", "NFD e\u0301"]
@@ -146,7 +148,7 @@ def test_signer_matches_botocore_sigv4(monkeypatch, token):
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from wiseverify.getrange import Signer, host_header
+    from wiseverify.digest.getrange import Signer, host_header
 
     now = datetime.datetime(2026, 11, 26, 15, 4, 5)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
@@ -173,8 +175,8 @@ def _readback(target, bucket, ranges, fast: bool, via_send: bool = False):
     ``via_send`` sends the signed requests through the client's HTTP layer, the
     way taken behind a proxy, instead of straight on its aiohttp session.
     """
-    from wiseverify.getrange import RangeGetter
-    from wiseverify.s3 import gather_limited
+    from wiseverify.core.s3 import gather_limited
+    from wiseverify.digest.getrange import RangeGetter
 
     box = {}
 
@@ -187,7 +189,7 @@ def _readback(target, bucket, ranges, fast: bool, via_send: bool = False):
                 getter._session = None
         box["getter"] = getter
         return await gather_limited(
-            ranges, lambda r: D.hash_object_range(client, bucket, r, getter), 8)
+            ranges, lambda r: HASHING.hash_object_range(client, bucket, r, getter), 8)
 
     return target.run(go), box["getter"]
 
@@ -215,7 +217,7 @@ def _readback_fixture(s3, bucket):
 @pytest.mark.parametrize("via_send", [False, True])
 def test_locally_signed_gets_equal_botocore_gets(s3, bucket, via_send):
     """Same URL as botocore's for awkward keys, same digests, metadata and error text."""
-    from wiseverify.s3 import S3Target
+    from wiseverify.core.s3 import S3Target
 
     ranges = _readback_fixture(s3, bucket)
     target = S3Target(bucket, "p/", s3.url)
@@ -252,7 +254,7 @@ def test_locally_signed_gets_equal_botocore_gets(s3, bucket, via_send):
 @pytest.mark.parametrize("via_send", [False, True])
 def test_locally_signed_gets_fall_back_on_faults(s3, bucket, via_send):
     """500/503 SlowDown, resets and a 403 on the local path: botocore repeats, same results."""
-    from wiseverify.s3 import S3Target
+    from wiseverify.core.s3 import S3Target
 
     from .s3proxy import Faults, S3Proxy
 

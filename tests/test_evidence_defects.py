@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from wiseverify import schema as S
-from wiseverify.locals3 import posix_metadata, put_multipart
-from wiseverify.metascope import SAMPLE_PER_PREFIX
-from wiseverify.report import format_table, result_line
+from wiseverify.compare.metascope import SAMPLE_PER_PREFIX
+from wiseverify.core import schema as S
+from wiseverify.demo.locals3 import posix_metadata, put_multipart
+from wiseverify.report.summary import format_table, result_line
 
 from .conftest import read_table
 from .s3proxy import S3Proxy
@@ -25,7 +25,8 @@ IRREGULAR = [6 * MiB, 5 * MiB, 7 * MiB, 1 * MiB]
 
 
 def _verify(dask_client, root: Path, dest: str, out: Path, endpoint: str, **kw):
-    from wiseverify.pipeline import VerifyConfig, verify
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.run.driver import verify
 
     cfg = VerifyConfig(source=str(root), dest=dest, out=str(out), endpoint_url=endpoint, **kw)
     return verify(cfg, dask_client, log=None), read_table(out)
@@ -270,8 +271,8 @@ def test_bottom_k_sample_merges_across_groups():
     import numpy as np
     import pyarrow as pa
 
-    from wiseverify import keys as K
-    from wiseverify.metascope import merge_samples
+    from wiseverify.compare.metascope import merge_samples
+    from wiseverify.core import keys as K
 
     keys = [f"p{i % 3}/d/f{i}" for i in range(1000)] + [f"root{i}" for i in range(5)]
     hashes = K.key_hash([K.nfc(k) for k in keys])

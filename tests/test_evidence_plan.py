@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from wiseverify import evidence as E
-from wiseverify.locals3 import put_multipart
-from wiseverify.s3 import S3Target
+from wiseverify.compare import evidence as E
+from wiseverify.core.s3 import S3Target
+from wiseverify.demo.locals3 import put_multipart
 
 from .s3proxy import Faults, S3Proxy
 

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from wiseverify import schema as S
-from wiseverify.locals3 import put_multipart
-from wiseverify.pipeline import VerifyConfig, verify
+from wiseverify.core import schema as S
+from wiseverify.core.config import VerifyConfig
+from wiseverify.demo.locals3 import put_multipart
+from wiseverify.run.driver import verify
 
 from .conftest import read_table
 from .s3proxy import Faults, S3Proxy

@@ -11,13 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from wiseverify import digest as D
-from wiseverify import inventory as INV
-from wiseverify import reconcile as R
-from wiseverify import schema as S
-from wiseverify.locals3 import FAKE_CREDENTIALS
-from wiseverify.pipeline import VerifyConfig, verify
-from wiseverify.s3 import S3Target
+from wiseverify.core import schema as S
+from wiseverify.core.config import VerifyConfig
+from wiseverify.core.s3 import S3Target
+from wiseverify.demo.locals3 import FAKE_CREDENTIALS
+from wiseverify.digest import hashing as HASHING
+from wiseverify.digest import units as D
+from wiseverify.inventory import partition as INV
+from wiseverify.inventory import s3list as S3LIST
+from wiseverify.inventory import walk as WALK
+from wiseverify.reconcile import checkpoint as CHECKPOINT
+from wiseverify.reconcile import finish as FINISH
+from wiseverify.reconcile import plan as R
+from wiseverify.run.driver import verify
 
 from .conftest import read_table
 from .s3proxy import S3Proxy
@@ -152,14 +158,14 @@ def test_file_deleted_between_listing_and_hashing(s3, bucket, tmp_path):
     run = tmp_path / "run"
     target = S3Target.parse(f"s3://{bucket}/d", endpoint_url=s3.url)
     ctx = R.Context(root=str(root), target=target, run_dir=str(run), run_id="stagewise")
-    src = INV.walk_dirs(str(root), [b""], str(run / "s.parquet"))
-    dst = INV.list_prefix(target, "", False, str(run / "d.parquet"))
+    src = WALK.walk_dirs(str(root), [b""], str(run / "s.parquet"))
+    dst = S3LIST.list_prefix(target, "", False, str(run / "d.parquet"))
     INV.compact([src["spool"]], ctx.src_inv, 1, "c0")
     INV.compact([dst["spool"]], ctx.dst_inv, 1, "c0")
     plan = R.plan_partition(ctx, 0)
     os.unlink(root / "goes.txt")
-    results = [R.run_unit(ctx, plan["units"], i) for i in range(len(plan["units"]))]
-    counts = R.finish_partition(ctx, plan, *results)
+    results = [CHECKPOINT.run_unit(ctx, plan["units"], i) for i in range(len(plan["units"]))]
+    counts = FINISH.finish_partition(ctx, plan, *results)
     table = read_table(run)
     assert table["goes.txt"]["status"] == S.SOURCE_ERROR
     assert "vanished since listing" in table["goes.txt"]["detail"]
@@ -182,8 +188,8 @@ def test_file_growing_while_hashed(tmp_path, monkeypatch):
         reads.append(offset)
         return real(fd, bufs, offset)
 
-    monkeypatch.setattr(D.os, "preadv", preadv)
-    res = D.hash_source_range(D.RangeTask(item, 0, st.st_size))
+    monkeypatch.setattr(HASHING.os, "preadv", preadv)
+    res = HASHING.hash_source_range(D.RangeTask(item, 0, st.st_size))
     assert len(reads) == 4  # the whole listed size was read, then the change was seen
     assert res["error"] and res["error"].startswith("changed while hashing"), res
 
@@ -217,15 +223,15 @@ def test_hsm_released_files_are_never_opened(s3, bucket, tmp_path, monkeypatch):
     run = tmp_path / "run"
     target = S3Target.parse(f"s3://{bucket}/h", endpoint_url=s3.url)
     ctx = R.Context(root=str(root), target=target, run_dir=str(run), run_id="hsm")
-    src = INV.walk_dirs(str(root), [b""], str(run / "s.parquet"))
-    dst = INV.list_prefix(target, "", False, str(run / "d.parquet"))
+    src = WALK.walk_dirs(str(root), [b""], str(run / "s.parquet"))
+    dst = S3LIST.list_prefix(target, "", False, str(run / "d.parquet"))
     INV.compact([src["spool"]], ctx.src_inv, 1, "c0")
     INV.compact([dst["spool"]], ctx.dst_inv, 1, "c0")
     plan = R.plan_partition(ctx, 0)
     opened = {r.item.path for u in plan["units"] for r in u.ranges}
     assert opened == {os.fsencode(root / "online.bin")}
-    results = [R.run_unit(ctx, plan["units"], i) for i in range(len(plan["units"]))]
-    R.finish_partition(ctx, plan, *results)
+    results = [CHECKPOINT.run_unit(ctx, plan["units"], i) for i in range(len(plan["units"]))]
+    FINISH.finish_partition(ctx, plan, *results)
     table = read_table(run)
     assert table["released.bin"]["status"] == S.SKIPPED
     assert "HSM released" in table["released.bin"]["detail"]
@@ -253,7 +259,7 @@ def test_no_credential_in_any_output(s3, bucket, tmp_path):
 
 
 def test_embedded_cluster_binds_to_loopback():
-    from wiseverify.cluster import open_client
+    from wiseverify.deploy.cluster import open_client
 
     with open_client(workers=1, threads_per_worker=1) as client:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from wiseverify import schema as S
+from wiseverify.core import schema as S
 
 from .conftest import read_table
 

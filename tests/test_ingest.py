@@ -28,11 +28,14 @@ import pyarrow.parquet as pq
 import pytest
 from awscrt import checksums as crt
 
-from wiseverify import digest as D
-from wiseverify import ingest as INGEST
-from wiseverify import schema as S
-from wiseverify.locals3 import posix_metadata, put_multipart
-from wiseverify.pipeline import ConfigError, VerifyConfig, prepare, verify
+from wiseverify.core import checksums as D
+from wiseverify.core import schema as S
+from wiseverify.core.config import VerifyConfig
+from wiseverify.core.errors import ConfigError
+from wiseverify.demo.locals3 import posix_metadata, put_multipart
+from wiseverify.inventory import listing_file as LISTING_FILE
+from wiseverify.inventory import s3_inventory as INGEST
+from wiseverify.run.driver import prepare, verify
 
 from .conftest import read_table
 from .s3proxy import S3Proxy
@@ -159,15 +162,15 @@ def test_listing_ranges_cut_anywhere(tree, tmp_path):
     """Records split over range boundaries, names with newlines, a damaged record."""
     for end, fmt in (("\\0", PRINTF), ("\\n", PRINTF.replace("%T@", "%Ts"))):
         listing = Path(find_listing(tree, tmp_path / "l", fmt, end))
-        sep = INGEST.detect_separator(str(listing))
+        sep = LISTING_FILE.detect_separator(str(listing))
         assert sep == (b"\0" if end == "\\0" else b"\n")
         with open(listing, "ab") as f:
             f.write(b"garbage without fields" + sep)
         results = []
         for chunk in (listing.stat().st_size, 97, 13, 1):
             rows = []
-            for i, job in enumerate(INGEST.listing_jobs(str(listing), None, chunk)):
-                res = INGEST.parse_listing_range(job[1], str(tree), job[2], job[3], job[4],
+            for i, job in enumerate(LISTING_FILE.listing_jobs(str(listing), None, chunk)):
+                res = LISTING_FILE.parse_listing_range(job[1], str(tree), job[2], job[3], job[4],
                                                  job[5], PREFIX, str(tmp_path / f"s{i}.parquet"))
                 if res["spool"]:
                     rows += pq.read_table(res["spool"]).to_pylist()
@@ -300,7 +303,7 @@ def test_inventory_gives_the_listing_table(fmt, inventories, baseline, tree, das
 
 def test_inventory_local_copy_and_damage(inventories, s3, tmp_path):
     """A downloaded inventory (files found beside the manifest); a damaged file fails."""
-    from wiseverify.s3 import S3Target
+    from wiseverify.core.s3 import S3Target
 
     target = S3Target.parse(f"s3://{BUCKET}/{PREFIX}", endpoint_url=s3.url)
     c = s3.client()
@@ -416,7 +419,7 @@ def test_inventory_orc(tree, s3, tmp_path):
     """ORC inventories have the Parquet column names; a local manifest finds data/ beside it."""
     import pyarrow.orc as orc
 
-    from wiseverify.s3 import S3Target
+    from wiseverify.core.s3 import S3Target
 
     target = S3Target.parse(f"s3://{BUCKET}/{PREFIX}", endpoint_url=s3.url)
     table = pq.read_table(io.BytesIO(_parquet(inventory_rows(s3))))
@@ -438,7 +441,7 @@ def test_inventory_orc(tree, s3, tmp_path):
 
 def test_command_line_and_job_file(tree, s3, tmp_path):
     """The options reach the run from the command line and from a job file alike."""
-    from wiseverify.jobfile import verify_argv
+    from wiseverify.deploy.jobfile import verify_argv
 
     other = tmp_path / "other-tree"
     other.mkdir()

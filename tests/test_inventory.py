@@ -7,10 +7,14 @@ import unicodedata
 
 import pytest
 
-from wiseverify import inventory as INV
-from wiseverify import keys as K
-from wiseverify import schema as S
-from wiseverify.s3 import S3Target
+from wiseverify.core import keys as K
+from wiseverify.core import schema as S
+from wiseverify.core.s3 import S3Target
+from wiseverify.inventory import partition as PARTITION
+from wiseverify.inventory import s3list as S3LIST
+from wiseverify.inventory import spool as SPOOL
+from wiseverify.inventory import statx as STATX
+from wiseverify.inventory import walk as INV
 
 
 def _tree(root, ndirs=6, nfiles=7):
@@ -35,7 +39,7 @@ def test_walk_splits_work_and_loses_nothing(tmp_path):
         res = INV.walk_dirs(str(root), batch, str(spool / f"{tasks}.arrow"), budget=10)
         tasks += 1
         if res["spool"]:
-            seen += INV.read_spool(res["spool"]).column("key_bytes").to_pylist()
+            seen += SPOOL.read_spool(res["spool"]).column("key_bytes").to_pylist()
         pending += [[d] for d in res["pending"]]
     assert tasks > 3  # the budget split the walk into several tasks
     assert len(seen) == len(set(seen)) == total
@@ -51,7 +55,7 @@ def _walk_all(root, spool, first=(b"",), **kw):
         res = INV.walk_dirs(str(root), batch, str(spool / f"{len(tasks)}.arrow"), **kw)
         tasks.append((batch, res))
         if res["spool"]:
-            rows += INV.read_spool(res["spool"]).to_pylist()
+            rows += SPOOL.read_spool(res["spool"]).to_pylist()
         pending += INV.walk_batches(res["pending"], 4)
     return rows, tasks
 
@@ -83,7 +87,7 @@ def test_huge_directory_is_split_by_name_range(tmp_path):
 def test_walk_loops_are_compiled():
     """The C loops are built by the install (setup.py); without them the walk runs
     on its ctypes path at about twice the CPU per entry, which CI must not hide."""
-    assert INV._FAST is not None, "wiseverify._fastwalk was not built: no C compiler?"
+    assert INV._FAST is not None, "wiseverify.inventory._fastwalk was not built: no C compiler?"
 
 
 def test_c_ctypes_and_portable_lstat_give_the_same_rows(tmp_path, monkeypatch):
@@ -96,6 +100,7 @@ def test_c_ctypes_and_portable_lstat_give_the_same_rows(tmp_path, monkeypatch):
     (root / os.fsdecode(b"bad\xff")).write_bytes(b"latin-1")
     fast, _ = _walk_all(root, tmp_path / "s1")
     monkeypatch.setattr(INV, "_FAST", None)
+    monkeypatch.setattr(STATX, "_FAST", None)
     via_ctypes, _ = _walk_all(root, tmp_path / "s2")
     monkeypatch.setattr(INV, "_STATX", None)
     slow, _ = _walk_all(root, tmp_path / "s3")
@@ -142,7 +147,7 @@ def test_walk_never_opens_special_files(tmp_path):
     os.mkfifo(root / "fifo")  # opening it would block forever
     os.symlink("/nonexistent", root / "dangling")
     res = INV.walk_dirs(str(root), [b""], str(tmp_path / "s.arrow"))
-    rows = {r["key"]: r for r in INV.read_spool(res["spool"]).to_pylist()}
+    rows = {r["key"]: r for r in SPOOL.read_spool(res["spool"]).to_pylist()}
     assert rows["fifo"]["kind"] == S.KIND_FIFO
     assert rows["dangling"]["kind"] == S.KIND_SYMLINK
 
@@ -168,11 +173,11 @@ def test_listing_is_strictly_under_the_prefix(s3, bucket, tmp_path):
     for key in ("wise/a", "wise/sub/b", "wise-old/c", "wiser", "wise/dir/", "wise/"):
         c.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"1")
     target = S3Target.parse(f"s3://{bucket}/wise", endpoint_url=s3.url)
-    res = INV.list_prefix(target, "", False, str(tmp_path / "l.parquet"))
-    keys = sorted(INV.read_spool(res["spool"]).column("key").to_pylist())
+    res = S3LIST.list_prefix(target, "", False, str(tmp_path / "l.parquet"))
+    keys = sorted(SPOOL.read_spool(res["spool"]).column("key").to_pylist())
     assert keys == ["a", "sub/b"]
     assert res["markers"] == 2
-    res = INV.list_prefix(target, "", True, str(tmp_path / "l2.parquet"))
+    res = S3LIST.list_prefix(target, "", True, str(tmp_path / "l2.parquet"))
     assert res["pending"] == ["dir/", "sub/"]
 
 
@@ -193,8 +198,8 @@ def test_partition_files_store_the_key_once_and_read_back_whole(tmp_path):
     for n in names:
         (root / os.fsdecode(n)).write_bytes(b"x")
     res = INV.walk_dirs(str(root), [b""], str(tmp_path / "spool.arrow"))
-    spooled = INV.read_spool(res["spool"]).sort_by("key")
-    INV.compact([res["spool"]], str(tmp_path / "inv"), 1, "c0")
+    spooled = SPOOL.read_spool(res["spool"]).sort_by("key")
+    PARTITION.compact([res["spool"]], str(tmp_path / "inv"), 1, "c0")
     files = list((tmp_path / "inv" / "part=00000").glob("*.parquet"))
     import pyarrow.parquet as pq
 
@@ -206,16 +211,16 @@ def test_partition_files_store_the_key_once_and_read_back_whole(tmp_path):
     nfd = unicodedata.normalize("NFD", "caf\u00e9-nfd.txt")
     assert kept[nfd] == (None, "caf\u00e9-nfd.txt")  # its NFC form differs
     assert kept["caf\\xe9-latin1.txt"] == (b"caf\xe9-latin1.txt", None)  # its bytes differ
-    back = INV.read_partition(str(tmp_path / "inv"), 0, S.SOURCE_INVENTORY).sort_by("key")
+    back = PARTITION.read_partition(str(tmp_path / "inv"), 0, S.SOURCE_INVENTORY).sort_by("key")
     assert back.equals(spooled.select(S.SOURCE_INVENTORY.names))
-    sub = INV.read_partition(str(tmp_path / "inv"), 0, S.SOURCE_INVENTORY, ["key_bytes", "size"])
+    sub = PARTITION.read_partition(str(tmp_path / "inv"), 0, S.SOURCE_INVENTORY, ["key_bytes", "size"])
     assert sub.column_names == ["key_bytes", "size"]
     assert sorted(sub.column("key_bytes").to_pylist()) == sorted(names)
 
 
 def test_key_sort_is_compiled():
     """setup.py builds the match stage's C key sort; CI must not hide its absence."""
-    assert K._SORT is not None, "wiseverify._fastkeys was not built: no C compiler?"
+    assert K._SORT is not None, "wiseverify.core._fastkeys was not built: no C compiler?"
 
 
 def test_key_sort_gives_pyarrows_order(monkeypatch):
@@ -237,7 +242,7 @@ def test_key_sort_gives_pyarrows_order(monkeypatch):
     cases = [binary, binary.slice(11, 5000), text, pa.chunked_array([text[:100], text[100:]]),
              pa.array([], pa.string())]
     # without the C module both sides below would be pyarrow's sort: it must be built
-    assert K._SORT is not None, "wiseverify._fastkeys is not built"
+    assert K._SORT is not None, "wiseverify.core._fastkeys is not built"
     for keys in cases:
         want = pc.sort_indices(keys).to_numpy()
         assert np.array_equal(K.sort_order(keys).to_numpy(), want)
@@ -278,7 +283,7 @@ def test_metadata_cap_is_shared_by_the_walk_tasks_that_run(dask_client, tmp_path
     stays under ``--max-metadata-ops`` and is not held to a fraction of it."""
     import time
 
-    from wiseverify.pipeline import walk_ops_per_task, walk_source
+    from wiseverify.run.inventory_stage import walk_ops_per_task, walk_source
 
     assert walk_ops_per_task(None, 8, 2) is None
     assert walk_ops_per_task(2000, 8, 2) == 1000  # 2 processes walk at once, not 8 tasks
@@ -303,7 +308,7 @@ def test_a_name_gone_between_listing_and_lstat_is_an_error_row(tmp_path, monkeyp
     root = tmp_path / "t"
     (root / "d").mkdir(parents=True)
     (root / "d" / "stays").write_bytes(b"1")
-    listed = INV._list_blob
+    listed = STATX._list_blob
 
     def listing_then_delete(fd, prefix):
         return listed(fd, prefix) + prefix + b"gone\0"  # listed, then removed
@@ -311,6 +316,7 @@ def test_a_name_gone_between_listing_and_lstat_is_an_error_row(tmp_path, monkeyp
     monkeypatch.setattr(INV, "_list_blob", listing_then_delete)
     if loops != "c":
         monkeypatch.setattr(INV, "_FAST", None)
+        monkeypatch.setattr(STATX, "_FAST", None)
     if loops == "portable":
         monkeypatch.setattr(INV, "_STATX", None)
     rows, _ = _walk_all(root, tmp_path / "spool")

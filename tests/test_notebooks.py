@@ -14,7 +14,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from wiseverify.pipeline import VerifyConfig, verify
+from wiseverify.core.config import VerifyConfig
+from wiseverify.run.driver import verify
 
 from .demo_runs import copy_run, demo_details
 

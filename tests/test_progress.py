@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from wiseverify.progress import Progress, StageSnapshot, eta_seconds, format_line
+from wiseverify.report.progress import Progress, StageSnapshot, eta_seconds, format_line
 
 
 class FakeTTY(io.StringIO):
@@ -77,7 +77,8 @@ def test_quiet_prints_nothing():
 
 
 def test_real_run_counts_every_stage(s3, bucket, tmp_path, dask_client):
-    from wiseverify.pipeline import VerifyConfig, verify
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.run.driver import verify
 
     src = tmp_path / "tree"
     (src / "d").mkdir(parents=True)

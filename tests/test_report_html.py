@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wiseverify import schema as S
-from wiseverify.htmlreport import CSP, STATUS_COLORS, write_html
+from wiseverify.core import schema as S
+from wiseverify.report.html import CSP, STATUS_COLORS, write_html
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -25,14 +25,16 @@ import pyarrow.parquet as pq
 import pytest
 from awscrt import checksums as crt
 
-from wiseverify import digest as D
-from wiseverify import keys as K
-from wiseverify import match as M
-from wiseverify import reconcile as R
-from wiseverify import schema as S
-from wiseverify import settle as SETTLE
-from wiseverify.pipeline import _known_for
-from wiseverify.s3 import S3Target
+from wiseverify.compare import match as M
+from wiseverify.core import keys as K
+from wiseverify.core import schema as S
+from wiseverify.core.s3 import S3Target
+from wiseverify.digest import hashing as D
+from wiseverify.reconcile import checkpoint as CHECKPOINT
+from wiseverify.reconcile import finish as FINISH
+from wiseverify.reconcile import plan as R
+from wiseverify.reconcile import settle as SETTLE
+from wiseverify.run.tasks import _known_for
 
 MiB = 1 << 20
 MTIME = 1_700_000_000_123_456_789
@@ -261,8 +263,8 @@ def _reconcile(ctx: R.Context, prehash: str, settle: bool, monkeypatch) -> pa.Ta
             mp.setattr(SETTLE, "settle", lambda *a, **kw: None)
         plan = R.plan_partition(ctx, 0, prehash)
         with D.known_digests(_known_for(prehash, ctx.root, 0)):
-            results = [R.run_unit(ctx, plan["units"], i) for i in range(len(plan["units"]))]
-        counts = R.finish_partition(ctx, plan, *results)
+            results = [CHECKPOINT.run_unit(ctx, plan["units"], i) for i in range(len(plan["units"]))]
+        counts = FINISH.finish_partition(ctx, plan, *results)
     _known_for.cache_clear()
     return pq.read_table(ctx.part_path(0)), counts, plan
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wiseverify.demo import build_fixture
-from wiseverify.jobfile import JobFileError, load_job, run_dir, verify_argv
-from wiseverify.locals3 import FAKE_CREDENTIALS
+from wiseverify.demo.locals3 import FAKE_CREDENTIALS
+from wiseverify.demo.tree import build_fixture
+from wiseverify.deploy.jobfile import JobFileError, load_job, run_dir, verify_argv
 
 from .conftest import read_table
 
@@ -97,7 +97,8 @@ def fixture_tree(s3, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_table(fixture_tree, s3, dask_client, tmp_path_factory):
     """The reference: the same verification on the embedded local cluster."""
-    from wiseverify.pipeline import VerifyConfig, verify
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.run.driver import verify
 
     root, dest, expect = fixture_tree
     out = tmp_path_factory.mktemp("local") / "run"
@@ -220,8 +221,9 @@ def _processing_by_name(dask_scheduler) -> dict:
 def test_cluster_slurm_survives_a_cancelled_worker_job(fixture_tree, s3, tmp_path, dask_client):
     """A worker job scancelled mid-digest is replaced and the table is the same."""
     need_slurm()
-    from wiseverify.cluster import open_client
-    from wiseverify.pipeline import VerifyConfig, verify
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.deploy.cluster import open_client
+    from wiseverify.run.driver import verify
 
     root, dest, expect = fixture_tree
     # one file per digest unit and 1 MiB ranges, read back from S3: enough digest
@@ -351,7 +353,7 @@ def test_slurmcluster_job_script_directives(tmp_path, monkeypatch):
     need_slurm()
     import dask
 
-    from wiseverify import slurm
+    from wiseverify.deploy import slurm
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     assert dask.config.get("wiseverify.slurm.cluster.max-jobs") == 4  # packaged default
@@ -415,7 +417,7 @@ def test_runner_arguments_from_a_job_file(tmp_path, monkeypatch):
     """``verify.sh --job FILE [flags]``: the job's arguments, then the flags that override them."""
     import dask
 
-    from wiseverify.slurm import _resolve_verify_args, settings
+    from wiseverify.deploy.slurm import _resolve_verify_args, settings
 
     job = tmp_path / "j.yaml"
     job.write_text("source: /lustre/p\ndest: s3://b/p/\nout: /runs/a\nmode: stored\n"

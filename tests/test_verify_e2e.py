@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from wiseverify import schema as S
-from wiseverify.demo import build_fixture
-from wiseverify.locals3 import put_multipart
+from wiseverify.core import schema as S
+from wiseverify.demo.locals3 import put_multipart
+from wiseverify.demo.tree import build_fixture
 
 from .s3proxy import Faults, S3Proxy
 
@@ -106,7 +106,8 @@ def test_all_match_tree_passes(s3, bucket, run_verify, tmp_path):
 
 def test_kms_etag_is_unverified_and_403_is_dest_error(s3, bucket, tmp_path, dask_client):
     """An SSE-KMS ETag is no MD5 (UNVERIFIED); a HEAD answered 403 is a DEST_ERROR row."""
-    from wiseverify.pipeline import VerifyConfig, verify
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.run.driver import verify
 
     from .conftest import read_table
 
@@ -177,7 +178,7 @@ def test_read_only_is_enforced_at_the_client(s3, bucket):
     """A mutating call through any client the tool makes is refused before it is sent."""
     import pytest as _pytest
 
-    from wiseverify.s3 import ReadOnlyViolation, S3Target
+    from wiseverify.core.s3 import ReadOnlyViolation, S3Target
 
     with S3Proxy(s3.url) as proxy:
         target = S3Target.parse(f"s3://{bucket}/ro/", endpoint_url=proxy.url)

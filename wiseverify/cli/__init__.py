@@ -1,0 +1,1 @@
+"""The command line: ``wiseverify verify | demo | report | audit | diff | runs``."""

@@ -1,0 +1,180 @@
+"""Command line: ``wiseverify verify|report|audit|demo``.
+
+Exit codes (for cron, scrontab and CI alerting):
+  0  every key MATCH or SKIPPED
+  1  discrepancies found (see RUN_DIR/discrepancies.csv)
+  2  usage or configuration error (source, bucket, endpoint, credentials)
+  3  the run itself failed
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from wiseverify.cli.options import build_parser
+from wiseverify.core.errors import EXIT_CONFIG, EXIT_DIFF, EXIT_FAIL, EXIT_OK
+
+
+def _err(msg: str) -> None:
+    print(f"wiseverify: error: {msg}", file=sys.stderr)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from wiseverify.core.config import VerifyConfig
+    from wiseverify.core.errors import ConfigError
+    from wiseverify.core.options import config_from_args
+    from wiseverify.deploy.cluster import ClusterError, open_client
+    from wiseverify.report.summary import exit_code, format_table, result_line
+    from wiseverify.run.driver import prepare, verify
+
+    if args.resume:
+        from wiseverify.run.driver import resume_config
+
+        run_dir = Path(args.resume).absolute()
+        if not (run_dir / "run.json").is_file():
+            _err(f"--resume {args.resume}: no interrupted run there (no run.json)")
+            return EXIT_CONFIG
+        args.out = str(run_dir)
+        cfg = resume_config(run_dir, VerifyConfig(source="", dest="", out=str(run_dir),
+                                                  endpoint_url=args.endpoint_url,
+                                                  profile=args.profile))
+    else:
+        if not (args.source and args.dest and args.out):
+            _err("verify needs SOURCE, DEST and --out RUN_DIR (or --resume RUN_DIR)")
+            return EXIT_CONFIG
+        cfg = config_from_args(args)
+    from wiseverify.report.progress import Progress
+
+    progress = Progress(mode="off" if args.quiet else args.progress)
+    log = None if args.quiet else progress.log
+    try:
+        prepared = prepare(cfg)  # fail fast, before a cluster is started
+        with open_client(args.scheduler, args.workers, args.threads_per_worker,
+                         cluster=args.cluster, min_jobs=args.min_jobs, max_jobs=args.max_jobs,
+                         run_dir=args.out) as client, \
+                progress:
+            summary = verify(cfg, client, log=log, progress=progress, prepared=prepared)
+    except (ConfigError, ClusterError) as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_FAIL
+    except Exception as exc:
+        if args.debug:
+            raise
+        _err(f"run failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAIL
+    if not args.quiet:
+        print(format_table(summary))
+    print(result_line(summary, args.out), flush=True)
+    return exit_code(summary)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from wiseverify.report.html import write_outputs
+    from wiseverify.report.summary import exit_code, format_table
+
+    run_dir = Path(args.run_dir)
+    sfile = run_dir / "summary.json"
+    if not sfile.exists():
+        _err(f"{run_dir} is not a completed run directory (no summary.json)")
+        return EXIT_CONFIG
+    summary = json.loads(sfile.read_text())
+    write_outputs(run_dir, summary)  # report.html too
+    print(format_table(summary))
+    print(f"report: {run_dir / 'report.html'}")
+    return exit_code(summary)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from wiseverify.report.history import diff, format_diff, write_diff
+
+    try:
+        result = diff(args.run_a, args.run_b)
+    except FileNotFoundError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    print(format_diff(result))
+    if args.out:
+        j, p = write_diff(result, args.out)
+        print(f"diff: {j}, {p}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}))
+    return EXIT_DIFF if result["regression_count"] else EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from wiseverify.report.history import runs_index
+
+    runs = runs_index(args.root)
+    if not runs:
+        _err(f"no completed runs under {args.root}")
+        return EXIT_CONFIG
+    print(f"{'run':<28} {'verdict':<7} {'keys':>10} {'discrepancies':>14} {'to sync (B)':>14}")
+    for r in runs:
+        print(f"{r['run_id']:<28} {r['verdict']:<7} {r['keys']:>10,} {r['discrepancies']:>14,} "
+              f"{r['bytes_to_sync']:>14,}")
+    print(f"index: {Path(args.root) / 'runs.json'}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from wiseverify.report.audit import main_audit
+
+    return main_audit(args.run_dir, require_signature=args.require_signature, deep=args.deep,
+                      as_json=args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    missing = [m for m in ("boto3", "moto", "crc32c") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"wiseverify: error: the demo needs {', '.join(missing)}: install "
+              "wiseverify[demo] (pip install 'wiseverify[demo]')", file=sys.stderr)
+        return 2
+    from wiseverify.demo.tree import run_demo
+
+    return run_demo(args.out, main, args.workers)
+
+
+def _expand_job(argv: list[str]) -> list[str]:
+    """``verify --job FILE [flags]`` -> the job file's arguments followed by the flags.
+
+    argparse keeps the last value of an option, so flags typed after the job
+    file's settings override them.
+    """
+    if not argv or argv[0] != "verify" or "--job" not in argv:
+        return argv
+    from wiseverify.deploy.jobfile import JobFileError, load_job, verify_argv
+
+    i = argv.index("--job")
+    if i + 1 >= len(argv):
+        raise JobFileError("--job needs a job file path")
+    rest = argv[1:i] + argv[i + 2 :]
+    job = load_job(argv[i + 1])
+    from wiseverify.deploy.slurmcluster import apply_job_config
+
+    apply_job_config(job)  # its slurm: and dask: sections size --cluster slurm
+    return ["verify", *verify_argv(job), *rest]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wiseverify.deploy.jobfile import JobFileError
+
+    try:
+        argv = _expand_job(list(sys.argv[1:] if argv is None else argv))
+    except JobFileError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    args = build_parser().parse_args(argv)
+    handler = {"verify": cmd_verify, "report": cmd_report, "audit": cmd_audit,
+               "diff": cmd_diff, "runs": cmd_runs, "demo": cmd_demo}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

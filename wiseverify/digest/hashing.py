@@ -1,0 +1,367 @@
+"""Stage 3, digest: chunked checksums of source files (and, in readback mode, objects).
+
+One read per source byte: a work unit opens a file once and feeds every buffer
+to all the digests the evidence needs.  Large files are split into byte ranges
+handled by separate tasks; CRCs of ranges are folded with awscrt's combine
+functions and per-part digests (multipart ETag MD5s, composite SHA/CRC parts)
+are concatenated in offset order, so a range boundary never falls inside a
+part.  Digests that cannot be combined (whole-object MD5/SHA) keep the file in
+one range.
+
+A :class:`Spec` says what to compute for one file; :func:`run_unit` executes a
+list of ``(file, offset, length)`` ranges and returns plain dicts that
+:func:`combine_ranges` folds back per file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as statmod
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from wiseverify.core.checksums import (
+    COMBINABLE,
+    CRC_COMBINE,
+    CRC_FUNCS,
+    HASH_FUNCS,
+)
+from wiseverify.core.units import open_noatime
+from wiseverify.digest.units import BUFFER_SIZE, FileItem, RangeTask, Spec, Unit
+
+if TYPE_CHECKING:
+    from wiseverify.digest.getrange import RangeGetter
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(BUFFER_SIZE))
+    return buf
+
+
+# --- hashing a byte stream -------------------------------------------------------------
+
+
+class StreamHasher:
+    """Feeds consecutive buffers starting at ``offset`` to every digest of a Spec."""
+
+    def __init__(self, spec: Spec, offset: int):
+        self.spec = spec
+        self.pos = offset
+        self.crcs = {a: 0 for a in spec.whole if a in COMBINABLE}
+        self.hashes = {a: HASH_FUNCS[a]() for a in spec.whole if a not in COMBINABLE}
+        self.part_results: dict[str, list] = {a: [] for a in spec.parts}
+        self._part_state: dict[str, object] = {}
+        if spec.parts:
+            offs = spec.part_offsets
+            # index of the part containing offset; ranges start on part boundaries
+            self._pi = max(i for i, o in enumerate(offs) if o <= offset)
+            self._part_end = offs[self._pi + 1] if self._pi + 1 < len(offs) else None
+            self._new_part_state()
+
+    def _new_part_state(self) -> None:
+        self._part_state = {
+            a: (0 if a in COMBINABLE else HASH_FUNCS[a]()) for a in self.spec.parts
+        }
+
+    def _flush_part(self) -> None:
+        for a, st in self._part_state.items():
+            self.part_results[a].append(st if isinstance(st, int) else st.digest())
+        self._new_part_state()
+
+    def _feed_parts(self, mv: memoryview) -> None:
+        while len(mv):
+            take = len(mv) if self._part_end is None else min(len(mv), self._part_end - self.pos)
+            chunk = mv[:take]
+            for a, st in self._part_state.items():
+                if isinstance(st, int):
+                    self._part_state[a] = CRC_FUNCS[a](chunk, st)
+                else:
+                    st.update(chunk)
+            self.pos += take
+            mv = mv[take:]
+            if self._part_end is not None and self.pos == self._part_end:
+                self._flush_part()
+                self._pi += 1
+                offs = self.spec.part_offsets
+                self._part_end = offs[self._pi + 1] if self._pi + 1 < len(offs) else None
+
+    def update(self, mv: memoryview) -> None:
+        for a in self.crcs:
+            self.crcs[a] = CRC_FUNCS[a](mv, self.crcs[a])
+        for h in self.hashes.values():
+            h.update(mv)
+        if self.spec.parts:
+            self._feed_parts(mv)
+        else:
+            self.pos += len(mv)
+
+    def finish(self, at_eof: bool) -> dict:
+        if self.spec.parts and at_eof:
+            self._flush_part()
+        return {
+            "crc": dict(self.crcs),
+            "hash": {a: h.digest() for a, h in self.hashes.items()},
+            "parts": self.part_results,
+        }
+
+
+# --- digests computed ahead of the plan -------------------------------------------------
+#
+# While the destination is still being listed, the source side is already known and
+# the workers are mostly waiting on the object store.  Small files are then hashed
+# ahead of time with exactly the digests the planner will ask of them: below the
+# HEAD threshold a single-part object is checked against the MD5 in its listed
+# ETag, and every source pass also carries a CRC64NVME.  A digest unit later serves
+# such a file from these results instead of reading it again, so each byte is
+# still read once; anything else (other digests, parts, partial ranges, a file
+# whose size or mtime differ from the listing) is read and hashed as usual.
+
+#: the digests hashed ahead of time (evidence.plan_one's spec for an ETag-MD5 object)
+PREHASH_SPEC = Spec(whole=("md5", "crc64nvme"))
+
+#: (size, mtime_ns, md5 digest, crc64nvme) of one file, keyed by its absolute path
+Known = Mapping[bytes, tuple[int, int, bytes, int]]
+
+
+@contextlib.contextmanager
+def known_digests(known: Known | None) -> Iterator[None]:
+    """Let :func:`hash_source_range` in this thread serve whole files from ``known``.
+
+    Scoped to the calling thread and the ``with`` block, so results never leak
+    into another run or another unit's thread.
+    """
+    prev = getattr(_local, "known", None)
+    _local.known = known
+    try:
+        yield
+    finally:
+        _local.known = prev
+
+
+def _from_known(r: RangeTask) -> dict | None:
+    known = getattr(_local, "known", None)
+    item = r.item
+    if not known or r.offset or r.length != item.size or item.spec.parts:
+        return None
+    if not set(item.spec.whole) <= set(PREHASH_SPEC.whole):
+        return None
+    hit = known.get(item.path)
+    if hit is None or hit[0] != item.size or hit[1] != item.mtime_ns:
+        return None
+    values = {"md5": hit[2], "crc64nvme": hit[3]}
+    return {"idx": item.idx, "offset": 0, "length": item.size, "error": None,
+            "bytes": item.size,  # read once, ahead of time
+            "crc": {a: values[a] for a in item.spec.whole if a in COMBINABLE},
+            "hash": {a: values[a] for a in item.spec.whole if a not in COMBINABLE},
+            "parts": {}}
+
+
+def prehash_files(files: Iterable[tuple[bytes, int, int]],
+                  stop: Callable[[], bool] | None = None) -> list[tuple[bytes, int, int, bytes, int]]:
+    """Hash ``(path, size, mtime_ns)`` files with :data:`PREHASH_SPEC`, until ``stop()``.
+
+    Returns ``(path, size, mtime_ns, md5, crc64nvme)`` for the files read
+    cleanly; a file that fails or changed is left out, for the digest stage to
+    read again and report.
+    """
+    out = []
+    for n, (path, size, mtime_ns) in enumerate(files):
+        if stop is not None and n % 32 == 0 and stop():
+            break
+        item = FileItem(idx=0, path=path, size=size, mtime_ns=mtime_ns, spec=PREHASH_SPEC)
+        res = hash_source_range(RangeTask(item, 0, size))
+        if res["error"] is None:
+            out.append((path, size, mtime_ns, res["hash"]["md5"], res["crc"]["crc64nvme"]))
+    return out
+
+
+# --- source ranges ----------------------------------------------------------------------
+
+def _open_source(path: str) -> int:
+    """Open read-only without following a swapped-in FIFO into a hang, without atime if allowed."""
+    return open_noatime(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+                        | getattr(os, "O_NOFOLLOW", 0))
+
+
+def _mtime_differs(actual_ns: int, listed_ns: int) -> bool:
+    """Whether a file changed since it was listed, judged by mtime.
+
+    A listed time of whole seconds may come from a listing of second resolution
+    (``lfs find --printf %T@``), so it is compared to the second.
+    """
+    if listed_ns % 1_000_000_000 == 0:
+        return actual_ns // 1_000_000_000 != listed_ns // 1_000_000_000
+    return actual_ns != listed_ns
+
+
+def hash_source_range(r: RangeTask) -> dict:
+    """Hash one range of a source file; errors and changes since listing become ``error``."""
+    known = _from_known(r)
+    if known is not None:
+        return known
+    item = r.item
+    out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
+                 "bytes": 0}
+    try:
+        fd = _open_source(item.path)
+    except OSError as exc:
+        reason = "vanished since listing" if exc.errno == 2 else exc.strerror
+        out["error"] = f"cannot open: {reason}"
+        return out
+    try:
+        st = os.fstat(fd)
+        if not statmod.S_ISREG(st.st_mode):
+            out["error"] = "no longer a regular file"
+            return out
+        if st.st_size != item.size or _mtime_differs(st.st_mtime_ns, item.mtime_ns):
+            out["error"] = (
+                f"changed since listing (size {item.size} -> {st.st_size}, "
+                f"mtime_ns {item.mtime_ns} -> {st.st_mtime_ns})"
+            )
+            return out
+        h = StreamHasher(item.spec, r.offset)
+        buf = _buffer()
+        pos, end = r.offset, r.offset + r.length
+        while pos < end:
+            n = os.preadv(fd, [buf[: min(BUFFER_SIZE, end - pos)]], pos)
+            if n == 0:
+                out["error"] = f"file shrank while hashing (EOF at {pos} of {item.size})"
+                return out
+            h.update(buf[:n])
+            pos += n
+        out["bytes"] = pos - r.offset
+        st2 = os.fstat(fd)
+        if st2.st_size != item.size or _mtime_differs(st2.st_mtime_ns, item.mtime_ns):
+            out["error"] = (
+                f"changed while hashing (size {item.size} -> {st2.st_size}, "
+                f"mtime_ns {item.mtime_ns} -> {st2.st_mtime_ns})"
+            )
+            return out
+        out.update(h.finish(at_eof=end == item.size))
+        return out
+    except OSError as exc:
+        out["error"] = f"read failed: {exc.strerror}"
+        return out
+    finally:
+        os.close(fd)
+
+
+# --- destination ranges (readback) -------------------------------------------------------
+
+
+async def hash_object_range(client, bucket: str, r: RangeTask,
+                            getter: RangeGetter | None = None) -> dict:
+    """GET one byte range of an object and hash it the same way as the source range.
+
+    With a :class:`~wiseverify.digest.getrange.RangeGetter` the range is first fetched
+    with one locally signed request; whatever that path does not confirm
+    (errors, resets, short bodies) is repeated through botocore, whose retries
+    and error texts stay the reference.
+    """
+    from wiseverify.core.s3 import error_text
+
+    item = r.item
+    out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
+                 "bytes": 0}
+    h = StreamHasher(item.spec, r.offset)
+    if r.length == 0:
+        out.update(h.finish(at_eof=True))
+        return out
+    if getter is not None:
+        meta = await getter.get(item.dst_key, r.offset, r.length, h.update)
+        if meta is not None:
+            if r.offset == 0:
+                out["metadata"] = meta
+            out["bytes"] = r.length
+            out.update(h.finish(at_eof=r.offset + r.length == item.size))
+            return out
+        h = StreamHasher(item.spec, r.offset)  # it may have seen part of the range
+    try:
+        resp = await client.get_object(
+            Bucket=bucket, Key=item.dst_key, Range=f"bytes={r.offset}-{r.offset + r.length - 1}"
+        )
+        if r.offset == 0:
+            out["metadata"] = resp.get("Metadata") or {}
+        body = resp["Body"]
+        got = 0
+        async with body as stream:
+            while True:
+                chunk = await stream.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(memoryview(chunk))
+                got += len(chunk)
+        if got != r.length:
+            out["error"] = f"GetObject returned {got} bytes for a {r.length}-byte range"
+            return out
+        out["bytes"] = got
+        out.update(h.finish(at_eof=r.offset + r.length == item.size))
+    except Exception as exc:
+        out["error"] = error_text(exc, "GetObject")
+    return out
+
+
+def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
+    """Execute one work unit: source ranges, plus object ranges when ``target`` is given.
+
+    Object GETs run on s3fs' event loop while this thread hashes the source, so
+    readback overlaps network and disk.  They go out as locally signed requests
+    (:mod:`wiseverify.digest.getrange`) where the client allows it: botocore's
+    per-request pipeline cost more CPU than the transfer of a small object.
+    """
+    dst_future = None
+    if target is not None:
+        import asyncio
+
+        from wiseverify.core.s3 import gather_limited, use_fast_timestamps
+        from wiseverify.digest.getrange import RangeGetter
+
+        async def _all():
+            client = await target.client()
+            use_fast_timestamps(target)  # every botocore GET parses a Last-Modified header
+            getter = await RangeGetter.for_client(client, target.bucket)
+            return await gather_limited(
+                unit.ranges,
+                lambda r: hash_object_range(client, target.bucket, r, getter),
+                get_concurrency,
+            )
+
+        dst_future = asyncio.run_coroutine_threadsafe(_all(), target.filesystem().loop)
+    src = [hash_source_range(r) for r in unit.ranges]
+    dst = dst_future.result() if dst_future is not None else None
+    return {"src": src, "dst": dst}
+
+
+def combine_ranges(results: list[dict], spec: Spec, size: int) -> dict:
+    """Fold range results of one file (any order) into whole-file digests."""
+    results = sorted(results, key=lambda d: d["offset"])
+    errors = [r["error"] for r in results if r.get("error")]
+    nbytes = sum(r.get("bytes", 0) for r in results)
+    if errors:
+        return {"error": errors[0], "bytes": nbytes}
+    covered = 0
+    for r in results:
+        if r["offset"] != covered:
+            return {"error": f"internal: range gap at {covered}", "bytes": nbytes}
+        covered += r["length"]
+    if covered != size:
+        return {"error": f"internal: ranges cover {covered} of {size} bytes", "bytes": nbytes}
+    crcs: dict[str, int] = {}
+    for a in (x for x in spec.whole if x in COMBINABLE):
+        val = results[0]["crc"][a]
+        for r in results[1:]:
+            val = CRC_COMBINE[a](val, r["crc"][a], r["length"])
+        crcs[a] = val
+    hashes: dict[str, bytes] = {}
+    for a in (x for x in spec.whole if x not in COMBINABLE):
+        hashes[a] = results[0]["hash"][a]
+    parts: dict[str, list] = {a: [] for a in spec.parts}
+    for r in results:
+        for a in spec.parts:
+            parts[a].extend(r["parts"][a])
+    return {"error": None, "bytes": nbytes, "crc": crcs, "hash": hashes, "parts": parts}

@@ -1,0 +1,559 @@
+"""Stage 1, inventory: list both sides as Dask tasks and write them hash-partitioned.
+
+Design
+------
+* Source: a task walks a *batch* of directories with getdents + ``lstat``
+  (statx; never ``open`` on an entry), depth first, until it has seen ``budget``
+  entries; whatever subdirectories are left go back to the driver, which fans them out as new
+  tasks.  Small trees cost a handful of tasks, a 30M-file tree spreads over the
+  cluster, and the driver only ever holds directory names and counts.
+* Destination: ListObjectsV2 under the prefix with ``Delimiter='/'`` for the first
+  ``fanout_depth`` levels (each common prefix becomes a task), then one paginated
+  recursive listing per prefix.  Zero-byte keys ending in ``/`` are folder markers.
+* Each task writes its rows to a spool Parquet file (temp name, then rename);
+  :func:`compact` turns spool files into ``inventory/{src,dst}/part=NNNNN/*.parquet``
+  by ``partition_of(nfc(key))``, so later stages read one partition at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+import threading
+import time
+import uuid
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from wiseverify.core import keys as K
+from wiseverify.core import schema as S
+from wiseverify.inventory.spool import RateLimiter, _entry_row, write_spool
+from wiseverify.inventory.statx import (
+    _AT_FLAGS,
+    _KINDS,
+    _REC,
+    _STATX,
+    _STATX_DTYPE,
+    _STATX_NEED,
+    _UTF8_FS,
+    _head,
+    _list_blob,
+    _Listed,
+    _open_dir,
+    _voluntary_switches,
+)
+
+try:  # the C loops of the walk (setup.py builds them where a compiler is found)
+    from wiseverify.inventory import _fastwalk as _FAST
+except ImportError:
+    _FAST = None
+
+
+# --- source walk ----------------------------------------------------------------
+#
+# A walk task lists a directory once (open + getdents, counted as one metadata
+# operation) and stats every name relative to the open directory (no path
+# resolution per entry).  Names stay in one bytes blob per directory
+# (``rel/name`` + NUL each) from the listing to the Arrow key column, and
+# statx(2) writes straight into one growing buffer of ``struct statx`` records,
+# so the stat columns come out as NumPy views: no Python object per entry.  The
+# listing and stat loops are C (``_fastwalk.c``, one call per directory, GIL
+# released); without the compiled module they are os.listdir and statx through
+# ctypes, and os.lstat fills the same records where statx is missing or a file
+# system leaves out a field.  On a page-cached tree this keeps the walk's CPU
+# per entry within about 1.5x of GNU find's, so two worker processes outrun it.
+#
+# Against a real Lustre MDS each stat is a round trip of 0.1-2 ms and a single
+# thread would spend nearly all its time waiting.  A task therefore measures its
+# stat latency and, once calls are slow, spreads the names of the directories it
+# holds over a thread pool (ctypes and os.lstat release the GIL).
+# ``--max-metadata-ops`` stays a hard cap: every operation takes a token first.
+#
+# A huge directory (more names than ``split_entries``) is split by name range:
+# the task that lists it writes the sorted names beyond its own share to small
+# files next to its spool file and hands those ranges back to the driver, which
+# sends each to its own task.  Names are listed once; each name is stat'ed once.
+
+#: test hook, off by default: simulated metadata-server latency in microseconds,
+#: slept before every metadata operation of a walk (directory listing and stat),
+#: so the benchmark can show how the walk scales against a slow MDS on a local disk
+STAT_DELAY_ENV = "WISEVERIFY_SIM_STAT_DELAY_US"
+#: threads per walk task once its stat calls are seen to wait on the server
+AUTO_WALK_THREADS = 16
+#: mean stat time above which a task switches to threads: a page-cached stat
+#: costs 1-10 us of CPU, a metadata-server round trip 100 us or more
+SLOW_STAT_S = 50e-6
+#: entry budget of the first walk task (the one started at the root), so the
+#: rest of the tree reaches the other workers within milliseconds
+FIRST_BUDGET = 4_000
+#: a walk task returns after about this long, handing its remaining directories
+#: back, so that against a slow server no task runs alone for minutes at the end
+#: of the walk and a retried task repeats little.  Not shorter: each task costs
+#: a scheduler round trip and a spool file (measured: 0.1-0.4 s slices made the
+#: 500,000-entry benchmark walk slower than 50,000-entry budgets alone)
+WALK_TASK_SECONDS = 2.0
+#: how long a worker process reuses a task's choice of threads for the same root
+_AUTO_TTL_S = 30.0
+_auto_choice: dict[tuple[str, float], tuple[int, float]] = {}
+#: calls per probe while a task measures whether its stat calls wait
+_PROBE = 8
+#: names per stat batch handed to one thread of the pool (and per probe while a
+#: task has not yet decided between one thread and a pool)
+_STAT_CHUNK = 64
+
+
+class _Walk:
+    """Columns of one walk task, and the metadata calls that fill them."""
+
+    def __init__(self, root: str, prefix: str, ops_per_second: float | None,
+                 threads: int | None, delay_us: float | None, expect: int = 0):
+
+        self.np = np
+        self.dtype = np.dtype(_STATX_DTYPE)
+        self.broot = os.fsencode(root)
+        self.prefix = prefix
+        self.limiter = RateLimiter(ops_per_second) if ops_per_second else None
+        if delay_us is None:
+            delay_us = float(os.environ.get(STAT_DELAY_ENV) or 0)
+        self.delay = delay_us / 1e6
+        self.statx = _STATX
+        self.auto = threads is None
+        self.decided = not self.auto
+        self.threads = 1 if threads is None else max(1, threads)
+        self.pool = None
+        self.auto_key = (root, self.delay)
+        if self.auto:  # an earlier task of this process already measured this tree
+            known, when = _auto_choice.get(self.auto_key, (0, 0.0))
+            if known and time.monotonic() - when < _AUTO_TTL_S:
+                self.threads, self.decided = known, True
+        # struct statx records, one per name: room for the expected entries at once
+        # (zeroed pages are only mapped when written, so a generous guess is free;
+        # growing by doubling copied each record about twice)
+        self.buf = np.zeros(expect * _REC, np.uint8)
+        self.used = 0  # records filled
+        self.blobs: list[bytes] = []  # per directory (or name range): its keys, NUL-ended
+        self.bad: list[int] = []  # records whose stat failed (an error row instead)
+        self.extra: list[dict] = []  # error rows, built one by one
+        self.count = 0  # entries seen
+        self.ops = 0
+        self.dirs = 0
+        self.stat_s = 0.0
+        self.stat_n = 0
+        self.stat_waits = 0
+
+    # --- metadata calls -----------------------------------------------------------
+    def _op(self) -> None:
+        """Before every metadata operation: the rate cap, then the test hook's latency."""
+        if self.limiter is not None:
+            self.limiter.acquire()
+        if self.delay:
+            time.sleep(self.delay)
+
+    def _stat_into(self, d: _Listed, lo: int, hi: int, first: int) -> list[tuple[int, str]]:
+        """Stat names ``lo:hi`` of listed directory ``d`` into records ``first...``.
+
+        Returns the failures ``(record, text)``.
+        """
+        fails: list[tuple[int, str]] = []
+        paced = self.limiter is not None or bool(self.delay)
+        n = hi - lo
+        recs = self.buf[first * _REC:(first + n) * _REC].view(self.dtype)
+        retry: list[int] = list(range(n))
+        np = self.np
+        if n and _FAST is not None and not paced:
+            # the hot loop of the walk: one C call per directory (or chunk), GIL released
+            seg = memoryview(d.blob)[int(d.starts[lo]):int(d.ends[hi - 1]) + 1]
+            rcs = np.frombuffer(_FAST.stat_names(d.fd, seg, d.skip, recs, _AT_FLAGS,
+                                                 _STATX_NEED), np.int32)
+            retry = np.flatnonzero(rcs).tolist()
+        elif n and self.statx is not None:
+            # the names are in the blob already NUL-terminated: no conversion per call
+            base = np.frombuffer(d.blob, np.uint8).ctypes.data + d.skip
+            name_at = (d.starts[lo:hi] + base).tolist()
+            rec_at = range(recs.ctypes.data, recs.ctypes.data + n * _REC, _REC)
+            if paced:
+                rcs = []
+                for na, ra in zip(name_at, rec_at, strict=True):
+                    self._op()
+                    rcs.append(self.statx(d.fd, na, _AT_FLAGS, _STATX_NEED, ra))
+            else:  # no Python bytecode per name
+                rcs = list(map(self.statx, repeat(d.fd, n), name_at, repeat(_AT_FLAGS, n),
+                               repeat(_STATX_NEED, n), rec_at))
+            retry = [i for i, rc in enumerate(rcs) if rc] if any(rcs) else []
+        got: list[tuple[int, os.stat_result]] = []
+        for i in retry:  # os.lstat: the portable path, and the error text of a failure
+            if paced and self.statx is None:
+                self._op()
+            try:
+                got.append((i, os.lstat(d.name(lo + i), dir_fd=d.fd)))
+            except OSError as exc:
+                fails.append((first + i, f"lstat failed: {exc.strerror}"))
+        if got:
+            self._fill(recs, got)
+        return fails
+
+    @staticmethod
+    def _fill(recs, got: list[tuple[int, os.stat_result]]) -> None:
+        """statx records from os.lstat results (the portable path), a column at a time."""
+        ix = [i for i, _ in got]
+        sts = [st for _, st in got]
+        recs["mask"][ix] = _STATX_NEED
+        for col, attr in (("mode", "st_mode"), ("ino", "st_ino"), ("nlink", "st_nlink"),
+                          ("uid", "st_uid"), ("gid", "st_gid"), ("size", "st_size"),
+                          ("blocks", "st_blocks")):
+            recs[col][ix] = [getattr(st, attr, 0) for st in sts]
+        for t in ("mtime", "ctime"):
+            ns = [getattr(st, f"st_{t}_ns") for st in sts]
+            recs[f"{t}_s"][ix] = [v // 1_000_000_000 for v in ns]
+            recs[f"{t}_ns"][ix] = [v % 1_000_000_000 for v in ns]
+        recs["dev_major"][ix] = [os.major(st.st_dev) for st in sts]
+        recs["dev_minor"][ix] = [os.minor(st.st_dev) for st in sts]
+
+    def _list(self, rel: bytes) -> tuple[int, bytes] | None:
+        """Open and read one directory (one metadata operation); None after an error row."""
+        self._op()
+        self.ops += 1
+        self.dirs += 1
+        path = self.broot + b"/" + rel if rel else self.broot
+        try:
+            fd = _open_dir(path)
+        except OSError as exc:
+            # an unlistable directory is a row, so nothing below it goes unnoticed
+            self.extra.append(_entry_row(rel + b"/", None, self.prefix,
+                                         f"cannot list directory: {exc.strerror}"))
+            return None
+        try:
+            return fd, _list_blob(fd, _head(rel))
+        except OSError as exc:
+            os.close(fd)
+            self.extra.append(_entry_row(rel + b"/", None, self.prefix,
+                                         f"directory listing failed: {exc.strerror}"))
+            return None
+
+    def _open_range(self, rel: bytes, names_file: str) -> tuple[int, bytes] | None:
+        """A name range of a huge directory that another task listed."""
+        with open(names_file, "rb") as f:
+            raw = f.read()
+        head = _head(rel)
+        # names hold no NUL: the separators are exactly the places for the head
+        blob = head + raw.replace(b"\0", b"\0" + head) + b"\0" if raw else b""
+        path = self.broot + b"/" + rel if rel else self.broot
+        try:
+            return _open_dir(path), blob
+        except OSError as exc:
+            self.extra.append(_entry_row(rel + b"/", None, self.prefix,
+                                         f"cannot list directory: {exc.strerror}"))
+            return None
+
+    def open_all(self, items: list) -> list[tuple[bytes, int, bytes]]:
+        """List directories / open name ranges, in the pool when there is one."""
+        def one(item):
+            return self._open_range(*item) if isinstance(item, tuple) else self._list(item)
+
+        opened = list(self.pool.map(one, items)) if self.pool and len(items) > 1 \
+            else [one(i) for i in items]
+        return [((item[0] if isinstance(item, tuple) else item), *got)
+                for item, got in zip(items, opened, strict=True) if got is not None]
+
+    def start_threads(self, n: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.threads = n
+        self.decided = True
+        if n > 1 and self.pool is None:
+            self.pool = ThreadPoolExecutor(n, thread_name_prefix="walk-stat")
+
+    def _observe(self, n: int, seconds: float, waits: int) -> None:
+        """Auto mode: the first calls of a task choose between one thread and a pool.
+
+        Slow calls alone do not decide it: on a busy machine a page-cached stat
+        is slow too, because the thread is preempted, and threads would only add
+        GIL traffic.  A call that waits on a server (or a disk) blocks, which the
+        kernel counts as a voluntary context switch of the thread.
+        """
+        self.stat_n += n
+        self.stat_s += seconds
+        self.stat_waits += waits
+        if self.decided or self.stat_n < 8:
+            return
+        if self.stat_s / self.stat_n > SLOW_STAT_S and self.stat_waits >= self.stat_n // 2:
+            self.start_threads(AUTO_WALK_THREADS)
+        elif self.stat_n >= 4 * _STAT_CHUNK:
+            self.decided = True  # served from cache: one thread is cheapest
+        if self.decided:
+            _auto_choice[self.auto_key] = (self.threads, time.monotonic())
+
+    def _stat_job(self, d: _Listed, first: int) -> list[tuple[int, str]]:
+        """Stat one directory's names: probing while undecided, then pooled or in line."""
+        n = len(d.starts)
+        if self.pool is None and self.decided:
+            return self._stat_into(d, 0, n, first)
+        fails: list[tuple[int, str]] = []
+        j = 0
+        while j < n and self.pool is None:
+            # small probes first: against a slow server every sequential call is a wait
+            hi = min(n, j + (_PROBE if self.stat_n < _STAT_CHUNK else _STAT_CHUNK))
+            t0, w0 = time.perf_counter(), _voluntary_switches()
+            fails += self._stat_into(d, j, hi, first + j)
+            self._observe(hi - j, time.perf_counter() - t0, _voluntary_switches() - w0)
+            j = hi
+        if j < n:
+            for got in self.pool.map(
+                    lambda s: self._stat_into(d, s, min(n, s + _STAT_CHUNK), first + s),
+                    range(j, n, _STAT_CHUNK)):
+                fails += got
+        return fails
+
+    def _reserve(self, n: int) -> int:
+        """Room for ``n`` more records (only between rounds: threads write into it)."""
+        need = (self.used + n) * _REC
+        if need > len(self.buf):
+            grown = self.np.zeros(max(need, 2 * len(self.buf), 1024 * _REC), self.np.uint8)
+            grown[:len(self.buf)] = self.buf
+            self.buf = grown
+        first = self.used
+        self.used += n
+        return first
+
+    def stat_dirs(self, jobs: list[tuple[bytes, int, bytes]]) -> list[list[bytes]]:
+        """Stat the names of each ``(rel, fd, blob)``; returns each one's subdirectories."""
+        listed = [_Listed(rel, fd, blob) for rel, fd, blob in jobs]
+        firsts = [self._reserve(len(d.starts)) for d in listed]
+        fails: list[tuple[int, str]] = []
+        try:
+            if self.pool is not None:
+                pieces = [(d, j, min(len(d.starts), j + _STAT_CHUNK), first + j)
+                          for d, first in zip(listed, firsts, strict=True)
+                          for j in range(0, len(d.starts), _STAT_CHUNK)]
+                for got in self.pool.map(lambda p: self._stat_into(*p), pieces):
+                    fails += got
+            else:
+                for d, first in zip(listed, firsts, strict=True):
+                    fails += self._stat_job(d, first)
+            if self.statx is not None or _FAST is not None:
+                fails += self._refill_partial(listed, firsts, {i for i, _ in fails})
+        finally:
+            for d in listed:
+                os.close(d.fd)
+        n = sum(len(d.starts) for d in listed)
+        self.ops += n
+        self.count += n
+        failed = dict(fails)
+        self.bad += failed
+        recs = self.buf[:self.used * _REC].view(self.dtype)
+        out = []
+        for d, first in zip(listed, firsts, strict=True):
+            self.blobs.append(d.blob)
+            for i, text in fails:
+                if first <= i < first + len(d.starts):
+                    self.extra.append(_entry_row(d.key(i - first), None, self.prefix, text))
+            modes = recs["mode"][first:first + len(d.starts)]
+            is_dir = self.np.flatnonzero((modes & 0o170000) == statmod.S_IFDIR).tolist()
+            # depth first, in name order, so task outputs are reproducible
+            out.append(sorted(d.key(i) for i in is_dir if first + i not in failed))
+        return out
+
+    def _refill_partial(self, listed: list[_Listed], firsts: list[int],
+                        failed: set[int]) -> list[tuple[int, str]]:
+        """Records a file system answered without every field: os.lstat them instead."""
+        recs = self.buf[:self.used * _REC].view(self.dtype)
+        lo = firsts[0] if firsts else 0
+        short = self.np.flatnonzero((recs["mask"][lo:] & _STATX_NEED) != _STATX_NEED) + lo
+        fails: list[tuple[int, str]] = []
+        for i in short.tolist():
+            if i in failed:
+                continue
+            for d, first in zip(listed, firsts, strict=True):
+                if first <= i < first + len(d.starts):
+                    try:
+                        self._fill(recs, [(i, os.lstat(d.name(i - first), dir_fd=d.fd))])
+                    except OSError as exc:
+                        fails.append((i, f"lstat failed: {exc.strerror}"))
+                    break
+        return fails
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def table(self) -> tuple[pa.Table, int]:
+        """The task's rows (directories themselves excluded) and their total size."""
+        import pyarrow.compute as pc
+
+        np = self.np
+        # every key of the task from the listing blobs, without a Python object per key
+        raw = np.frombuffer(b"".join(self.blobs), np.uint8)
+        ends = np.flatnonzero(raw == 0)
+        offsets = np.zeros(len(ends) + 1, np.int64)
+        offsets[1:] = ends + 1
+        offsets[1:] -= np.arange(1, len(ends) + 1)  # less the NULs before each end
+        key_bytes = pa.Array.from_buffers(pa.large_binary(), len(ends),
+                                          [None, pa.py_buffer(offsets),
+                                           pa.py_buffer(raw[raw != 0])])
+        recs = self.buf[:self.used * _REC].view(self.dtype)
+        keep = (recs["mode"] & 0o170000) != statmod.S_IFDIR
+        if self.bad:
+            keep[self.bad] = False
+        sel = None if keep.all() else keep
+        if sel is not None:
+            key_bytes = key_bytes.filter(pa.array(sel))
+
+        def col(name: str):  # one field of the kept records (not whole 256-byte records)
+            return recs[name] if sel is None else recs[name][sel]
+
+        key_bytes = key_bytes.cast(pa.binary())
+        n = len(key_bytes)
+        try:
+            if not _UTF8_FS:
+                raise UnicodeError
+            key = key_bytes.cast(pa.string())  # checks that every key is UTF-8
+            # every name is valid UTF-8: only the length can make it unmappable
+            plen = len(self.prefix.encode())
+            long_ix = np.flatnonzero(pc.binary_length(key_bytes).to_numpy() + plen
+                                     > K.MAX_KEY_BYTES)
+            if len(long_ix):
+                probs: list = [None] * n
+                for i in long_ix.tolist():
+                    probs[i] = K.name_problem(key_bytes[i].as_py(), self.prefix)
+                problem = pa.array(probs, pa.string())
+            else:
+                problem = pa.nulls(n, pa.string())
+        except (UnicodeError, pa.ArrowInvalid):  # a name that is not UTF-8: row by row
+            keys_raw = key_bytes.to_pylist()
+            key = pa.array([K.display_key(b) for b in keys_raw], pa.string())
+            problem = pa.array([K.name_problem(b, self.prefix) for b in keys_raw], pa.string())
+        ascii_ = pc.string_is_ascii(key)
+        if pc.all(ascii_).as_py() is False:
+            mask = pc.invert(ascii_)
+            repl = [K.nfc(s) for s in pc.filter(key, mask).to_pylist()]
+            nkey = pc.replace_with_mask(key, mask, pa.array(repl, pa.string()))
+        else:
+            nkey = key
+        mode = col("mode").astype(np.int64)
+        size = col("size").astype(np.int64)
+        major = col("dev_major").astype(np.uint64)
+        minor = col("dev_minor").astype(np.uint64)
+        dev = (((major & 0xFFF) << 8) | ((major & ~np.uint64(0xFFF)) << 32)  # glibc makedev
+               | (minor & 0xFF) | ((minor & ~np.uint64(0xFF)) << 12))
+        billion = np.int64(1_000_000_000)
+        arrays = {
+            "key": key, "key_bytes": key_bytes, "nkey": nkey,
+            "kind": pc.take(pa.array(_KINDS, pa.string()), pa.array(mode >> 12, pa.int8())),
+            "size": pa.array(size), "mode": pa.array(mode),
+            "mtime_ns": pa.array(col("mtime_s") * billion + col("mtime_ns")),
+            "ctime_ns": pa.array(col("ctime_s") * billion + col("ctime_ns")),
+            "ino": pa.array(col("ino")), "dev": pa.array(dev),
+            "nlink": pa.array(col("nlink").astype(np.int64)),
+            "uid": pa.array(col("uid").astype(np.int64)),
+            "gid": pa.array(col("gid").astype(np.int64)),
+            "blocks": pa.array(col("blocks").astype(np.int64)),
+            "name_problem": problem, "error": pa.nulls(n, pa.string()),
+        }
+        table = pa.table([arrays[f.name] for f in S.SOURCE_INVENTORY],
+                         schema=S.SOURCE_INVENTORY)
+        if self.extra:
+            table = pa.concat_tables([table, S.from_rows(self.extra, S.SOURCE_INVENTORY)])
+        return table, int(size.sum())
+
+
+def _spill_ranges(spool_path: str, rel: bytes, names: list[bytes], size: int) -> list[tuple]:
+    """Write name ranges of a huge directory next to the spool file: ``(rel, file)`` each."""
+    out = []
+    base = Path(spool_path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for j in range(0, len(names), size):
+        path = base.with_name(f"{base.stem}.names-{j // size:05d}-{uuid.uuid4().hex[:8]}")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"\0".join(names[j:j + size]))
+        os.replace(tmp, path)
+        out.append((rel, str(path)))
+    return out
+
+
+#: Walk tasks of one worker process take turns.  On a cached tree a task is
+#: CPU-bound and two of them in one process only trade the GIL (measured: 10-30%
+#: longer walls at 2 threads per worker); against a slow metadata server the
+#: concurrency comes from the task's own stat threads (AUTO_WALK_THREADS), not
+#: from a second task.  Tasks are short (WALK_TASK_SECONDS), so a task queued
+#: behind another waits at most about that long.
+_ONE_WALK_PER_PROCESS = threading.Lock()
+
+
+def walk_dirs(
+    root: str,
+    rel_dirs: list,
+    spool_path: str,
+    prefix: str = "",
+    budget: int = 50_000,
+    metadata_ops_per_second: float | None = None,
+    threads: int | None = None,
+    split_entries: int | None = None,
+    stat_delay_us: float | None = None,
+    max_seconds: float | None = WALK_TASK_SECONDS,
+) -> dict:
+    """Walk ``rel_dirs`` (relative to ``root``) with lstat only; spool the entries.
+
+    Items of ``rel_dirs`` are directories (bytes, relative to ``root``) or name
+    ranges ``(rel_dir, names_file)`` of a huge directory that another task
+    listed.  Returns ``{"count", "pending", "dirs", "ops", "bytes", "spool",
+    "threads"}``: ``pending`` are the items left for other tasks once ``budget``
+    entries have been seen (directories, and name ranges when a directory has
+    more than ``split_entries`` names; default ``max(1000, budget // 4)``).
+
+    The task also returns after ``max_seconds`` (checked between directories),
+    so the walk's tail is spread over the cluster too.
+
+    ``threads=None`` lets the task decide: one thread while lstat answers from
+    cache, :data:`AUTO_WALK_THREADS` once calls wait on a server.
+    ``stat_delay_us`` (default: the :data:`STAT_DELAY_ENV` variable) is the
+    slow-metadata-server test hook.
+    """
+    with _ONE_WALK_PER_PROCESS:
+        split = split_entries or max(1000, budget // 4)
+        w = _Walk(root, prefix, metadata_ops_per_second, threads, stat_delay_us,
+                  expect=min(budget + split, 1 << 20))
+        if w.threads > 1:
+            w.start_threads(w.threads)
+        stack = list(reversed(rel_dirs))
+        ranges: list[tuple] = []
+        deadline = time.monotonic() + max_seconds if max_seconds else float("inf")
+        try:
+            while stack and w.count < budget and not ranges and time.monotonic() < deadline:
+                # one directory per round, or one per thread once there is a pool
+                batch = [stack.pop() for _ in range(min(len(stack), w.threads))]
+                jobs = []
+                for rel, fd, blob in w.open_all(batch):
+                    if blob.count(b"\0") > split:
+                        # list once, hand the other name ranges out, then return early
+                        head = _head(rel)
+                        names = sorted(k[len(head):] for k in blob.split(b"\0")[:-1])
+                        ranges += _spill_ranges(spool_path, rel, names[split:], split)
+                        blob = b"".join([head + nm + b"\0" for nm in names[:split]])
+                    jobs.append((rel, fd, blob))
+                # depth first, in name order, so task outputs are reproducible
+                for sub in reversed(w.stat_dirs(jobs)):
+                    stack.extend(reversed(sub))
+        finally:
+            w.close()
+        table, nbytes = w.table()
+        if table.num_rows:
+            write_spool(table, spool_path)
+        return {"count": table.num_rows, "pending": ranges + list(reversed(stack)),
+                "dirs": w.dirs, "ops": w.ops, "bytes": nbytes, "threads": w.threads,
+                "spool": spool_path if table.num_rows else None}
+
+
+def walk_batches(pending: list, window: int) -> list[list]:
+    """Group a walk task's ``pending`` items into the next tasks' ``rel_dirs``.
+
+    Each name range of a huge directory is a task of its own (it holds up to
+    ``split_entries`` lstat calls); directories go in batches sized so that the
+    ``window`` tasks in flight share them.
+    """
+    ranges = [[p] for p in pending if isinstance(p, tuple)]
+    dirs = [p for p in pending if not isinstance(p, tuple)]
+    step = max(1, min(64, -(-len(dirs) // max(1, window))))
+    return ranges + [dirs[j:j + step] for j in range(0, len(dirs), step)]

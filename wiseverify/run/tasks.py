@@ -1,0 +1,71 @@
+"""The bodies of the per-partition Dask tasks: plan, digest and reconcile one partition.
+
+They run on the workers; the driver sees only their counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+# the config and its errors, where callers have always found them
+from wiseverify.digest import hashing as D
+from wiseverify.inventory import partition as INV
+from wiseverify.reconcile import checkpoint as CHECKPOINT
+from wiseverify.reconcile import finish as FINISH
+from wiseverify.reconcile import plan as R
+from wiseverify.report import progress as PROG
+
+
+@functools.lru_cache(maxsize=2)
+def _known_for(prehash_dir: str, root: str, part: int) -> dict:
+    """The prehashed digests of one partition, by absolute path (cached per process)."""
+    from wiseverify.core import schema as S
+
+    broot = os.fsencode(root)
+    t = INV.read_partition(prehash_dir, part, S.PREHASH,
+                           ["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"]).to_pydict()
+    return {broot + b"/" + kb: (size, mtime, md5, crc)  # the last entry of a path wins
+            for kb, size, mtime, md5, crc in zip(t["key_bytes"], t["size"], t["mtime_ns"],
+                                                 t["md5"], t["crc64nvme"], strict=True)}
+
+
+def _unit_job(ctx: R.Context, units: list, topic: str | None, part: int, i: int,
+              prehash_dir: str | None = None) -> dict:
+    """One digest unit; publishes its files and bytes for the driver's progress line."""
+    known = _known_for(prehash_dir, ctx.root, part) if prehash_dir else None
+    with D.known_digests(known):
+        res = CHECKPOINT.run_unit_checkpointed(ctx, units[0], part, i)
+    unit = units[0]
+    PROG.unit_done(topic, files=sum(1 for r in unit.ranges if r.offset == 0),
+                   nbytes=unit.nbytes)
+    return res
+
+
+def _partition_job(ctx: R.Context, part: int, topic: str | None = None,
+                   prehash_dir: str | None = None) -> dict:
+    """One partition end to end, fanning its digest units out to the whole cluster.
+
+    The task secedes from its worker's thread pool while the units run, so
+    partition tasks never starve the digest units of threads.
+    """
+    from distributed import get_client, rejoin, secede
+
+    plan = R.plan_partition(ctx, part, prehash_dir)
+    units = plan["units"]
+    PROG.unit_done(topic, plan_files=sum(1 for u in units for r in u.ranges if r.offset == 0),
+                   plan_bytes=sum(u.nbytes for u in units))
+    if not units:
+        return FINISH.finish_partition(ctx, plan)
+    client = get_client()
+    futs = [
+        client.submit(_unit_job, ctx, [u], topic, part, i, prehash_dir, pure=False,
+                      key=f"digest-p{part}-u{i}-{ctx.run_id}")
+        for i, u in enumerate(units)
+    ]
+    secede()
+    try:
+        results = client.gather(futs)
+    finally:
+        rejoin()
+    return FINISH.finish_partition(ctx, plan, *results)
