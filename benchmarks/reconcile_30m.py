@@ -25,7 +25,7 @@ The namespace models the cutover case (a Snowball import, synced afterwards):
 Content evidence without reading a byte, the way the tool consumes it:
 
 * source digests: the prehash table (``inventory/prehash/part=NNNNN``: nkey,
-  key_bytes, size, mtime_ns, md5, crc64nvme), the format ``pipeline._prehash_job``
+  key_bytes, size, mtime_ns, md5, crc64nvme), the format ``inventory.prehash.prehash_job``
   writes and ``digest.known_digests`` serves to the digest units.  Here it
   holds every source file, as if each had been hashed while the destination was
   listed (the real run prehashes files below ``--head-min-size`` only);
@@ -41,8 +41,8 @@ tool did open would be a SOURCE_ERROR.  Both must stay at zero.
 
 Then, in the same run:
 
-1. ours: ``pipeline._partition_job`` for every partition on a LocalCluster of
-   ``--workers`` processes, submitted through ``pipeline._submit_windowed``
+1. ours: ``run.tasks.partition_job`` for every partition on a LocalCluster of
+   ``--workers`` processes, submitted through ``run.inventory_stage.submit_windowed``
    exactly as ``verify()`` does (match, evidence, digest units, reconcile,
    write ``reconciliation/part-NNNNN.parquet``);
 2. DuckDB (each query in its own subprocess, ``--duckdb-threads`` threads, default = cores):
@@ -297,12 +297,12 @@ def regroup(side: Path, rows_per_chunk: list[int], group_rows: int) -> None:
     """One file per compaction group, as the pipeline leaves a side much smaller than the source.
 
     The pipeline compacts each side in groups of ``group_rows`` spooled rows
-    (``pipeline._groups``), so the checksum report (a few percent of the keys)
+    (``run.inventory_stage.groups``), so the checksum report (a few percent of the keys)
     ends up in one or two files per partition, not one per source chunk.
     """
-    from wiseverify.run.inventory_stage import _groups
+    from wiseverify.run.inventory_stage import groups as spool_groups
 
-    groups = _groups([(f"c{c:05d}", n) for c, n in enumerate(rows_per_chunk)], group_rows)
+    groups = spool_groups([(f"c{c:05d}", n) for c, n in enumerate(rows_per_chunk)], group_rows)
     for part in sorted(side.glob("part=*")):
         for g, names in enumerate(groups):
             files = [part / f"{name}.parquet" for name in names]
@@ -326,7 +326,7 @@ def _worker_peak() -> dict:
 
 def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int,
              threads: int, head_min_size: int) -> dict:
-    """Partitions through ``pipeline._partition_job`` on a local cluster, as verify() does."""
+    """Partitions through ``run.tasks.partition_job`` on a local cluster, as verify() does."""
     from wiseverify.core.s3 import S3Target
     from wiseverify.deploy.cluster import open_client
     from wiseverify.reconcile import plan as R
@@ -352,7 +352,7 @@ def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int
         pending = list(range(nparts - 1, -1, -1))
 
         def submit(p):
-            return client.submit(TASKS._partition_job, ctx, p, None, prehash_dir, pure=False,
+            return client.submit(TASKS.partition_job, ctx, p, None, prehash_dir, pure=False,
                                  key=f"partition-{p}-bench")
 
         def on_part(res):
@@ -362,7 +362,8 @@ def run_ours(run_dir: Path, root: Path, endpoint: str, nparts: int, workers: int
 
         before = client.run(_worker_peak)
         t0 = time.monotonic()
-        P._submit_windowed(client, pending, submit, max(2, min(nparts, nthreads)), on_part)
+        P.submit_windowed(client, pending, submit, max(2, min(nparts, nthreads)),
+                           lambda key, res: on_part(res))
         wall = time.monotonic() - t0
         peaks = client.run(_worker_peak)
     cpu = sum(w["cpu"] - before[a]["cpu"] for a, w in peaks.items() if a in before)

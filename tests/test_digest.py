@@ -132,7 +132,7 @@ def test_units_pack_small_files_and_split_large_ones():
     assert len(D.split_file(md5, 8 * MiB)) == 1
 
 
-# --- readback GETs signed locally (wiseverify.digest.getrange) ------------------------------------
+# --- readback GETs signed locally (wiseverify.digest.getrange) -----------------------------
 
 HOSTILE_KEYS = ["plain.bin", "sp ace/\u00fc+%2F~x", "a//b", "/lead", "trail/", "emoji \U0001F600",
                 "q?x#y&z=1", "semi;colon,comma=eq", "NFD e\u0301"]

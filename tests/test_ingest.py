@@ -35,7 +35,8 @@ from wiseverify.core.errors import ConfigError
 from wiseverify.demo.locals3 import posix_metadata, put_multipart
 from wiseverify.inventory import listing_file as LISTING_FILE
 from wiseverify.inventory import s3_inventory as INGEST
-from wiseverify.run.driver import prepare, verify
+from wiseverify.run.driver import verify
+from wiseverify.run.prepare import prepare
 
 from .conftest import read_table
 from .s3proxy import S3Proxy
@@ -170,8 +171,9 @@ def test_listing_ranges_cut_anywhere(tree, tmp_path):
         for chunk in (listing.stat().st_size, 97, 13, 1):
             rows = []
             for i, job in enumerate(LISTING_FILE.listing_jobs(str(listing), None, chunk)):
-                res = LISTING_FILE.parse_listing_range(job[1], str(tree), job[2], job[3], job[4],
-                                                 job[5], PREFIX, str(tmp_path / f"s{i}.parquet"))
+                res = LISTING_FILE.parse_listing_range(
+                    job.listing, str(tree), job.start, job.end, job.fmt, job.sep, PREFIX,
+                    str(tmp_path / f"s{i}.parquet"))
                 if res["spool"]:
                     rows += pq.read_table(res["spool"]).to_pylist()
             results.append(sorted((r["key"], r["kind"], r["size"], r["error"]) for r in rows))
@@ -317,17 +319,19 @@ def test_inventory_local_copy_and_damage(inventories, s3, tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(c.get_object(Bucket="inventory-dest", Key=f["key"])["Body"].read())
     info, jobs = INGEST.inventory_plan(str(local), target)
-    assert all(Path(j[1]).is_file() for j in jobs)
+    assert all(Path(j.url).is_file() for j in jobs)
     keys = set()
     for i, job in enumerate(jobs):
-        res = INGEST.ingest_inventory_file(*job[1:], target, str(tmp_path / f"spool{i}"))
+        res = INGEST.ingest_inventory_file(job.url, job.fmt, job.columns, job.md5, target,
+                                           str(tmp_path / f"spool{i}"))
         assert res["error"] is None and res["count"] > 5
         keys |= set(pq.read_table(res["spools"][0][0]).column("key").to_pylist())
     # URL-encoded in the CSV, decoded here: '+' for a space, %2B for a plus, %25 for a percent
     assert {"docs/plus+sign%20.txt", "docs/space name.txt"} <= keys
     assert unicodedata.normalize("NFD", NFC_NAME) in keys
-    damaged = jobs[0][:4] + ("0" * 32,)
-    res = INGEST.ingest_inventory_file(*damaged[1:], target, str(tmp_path / "spool2"))
+    j = jobs[0]
+    res = INGEST.ingest_inventory_file(j.url, j.fmt, j.columns, "0" * 32, target,
+                                       str(tmp_path / "spool2"))
     assert "differs from the manifest" in res["error"]
 
 
@@ -432,7 +436,9 @@ def test_inventory_orc(tree, s3, tmp_path):
                                     "fileSchema": "struct<bucket:string,key:string>",
                                     "files": [{"key": "daily-orc/data/part-0.orc"}]}))
     info, jobs = INGEST.inventory_plan(str(manifest), target)
-    res = INGEST.ingest_inventory_file(*jobs[0][1:], target, str(tmp_path / "spool"))
+    j = jobs[0]
+    res = INGEST.ingest_inventory_file(j.url, j.fmt, j.columns, j.md5, target,
+                                       str(tmp_path / "spool"))
     assert res["error"] is None
     keys = set(pq.read_table(res["spools"][0][0]).column("key").to_pylist())
     assert "big/multi.bin" in keys and "data/deleted.dat" not in keys

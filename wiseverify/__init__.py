@@ -5,7 +5,7 @@ Subpackages by stage, each callable on its own: :mod:`~wiseverify.inventory`
 evidence each needs), :mod:`~wiseverify.digest` (bytes hashed),
 :mod:`~wiseverify.reconcile` (verdicts per partition); :mod:`~wiseverify.run`
 drives them on a Dask cluster that :mod:`~wiseverify.deploy` provides, and
-:mod:`~wiseverify.report.summary` reads what a run wrote.  :mod:`~wiseverify.core` holds
+:mod:`~wiseverify.report` reads what a run wrote.  :mod:`~wiseverify.core` holds
 what they share; :mod:`~wiseverify.cli` is the command line.
 """
 

@@ -29,10 +29,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from wiseverify.core.options import config_from_args
     from wiseverify.deploy.cluster import ClusterError, open_client
     from wiseverify.report.summary import exit_code, format_table, result_line
-    from wiseverify.run.driver import prepare, verify
+    from wiseverify.run.driver import verify
+    from wiseverify.run.prepare import prepare
 
     if args.resume:
-        from wiseverify.run.driver import resume_config
+        from wiseverify.run.prepare import resume_config
 
         run_dir = Path(args.resume).absolute()
         if not (run_dir / "run.json").is_file():

@@ -6,6 +6,14 @@ slice; an object with a usable entry needs no HEAD and no byte read from S3.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from wiseverify.inventory.jobs import Job, JobContext, Spooled, tally_ingest
+
+if TYPE_CHECKING:
+    from distributed import Future
+
 import base64
 import csv
 import gzip
@@ -44,18 +52,36 @@ if TYPE_CHECKING:
 # --- 3. evidence: an S3 Batch Operations compute-checksum completion report -----------------
 
 
+@dataclass
+class ReportFileJob(Job):
+    """Read one result CSV of a compute-checksum report into checksum spool files."""
+
+    url: str
+    md5: str | None
+    kind: ClassVar[str] = "checksums"
+
+    def submit(self, ctx: JobContext, n: int) -> Future:
+        return ctx.client.submit(ingest_report_file, self.url, self.md5, ctx.target,
+                                 ctx.spool_base("csum", n), pure=False,
+                                 key=ctx.key("checksums", n))
+
+    def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
+        tally_ingest(res, inv)
+        return []
+
+
 def report_plan(report: str, target: S3Target) -> tuple[dict, list[tuple]]:
     """Jobs for a completion report: its manifest.json (every result file) or one CSV."""
     if not report.lower().endswith(".json"):
         _must_exist(report, target)
         url = report if report.startswith("s3://") else os.path.abspath(report)
-        return {"checksum_report": report, "checksum_report_files": 1}, [("csum", url, None)]
+        return {"checksum_report": report, "checksum_report_files": 1}, [ReportFileJob(url, None)]
     doc = _read_json(report, target)
     if not str(doc.get("Format", "")).startswith("Report_CSV"):
         raise IngestError(f"{report}: Format {doc.get('Format')!r} is not a Batch Operations "
                           "CSV completion report")
     results = doc.get("Results") or []
-    jobs = [("csum", _resolve(report, r.get("Bucket"), r["Key"]), r.get("MD5Checksum"))
+    jobs = [ReportFileJob(_resolve(report, r.get("Bucket"), r["Key"]), r.get("MD5Checksum"))
             for r in results if r.get("Key")]
     if not jobs:
         raise IngestError(f"{report} lists no result files")

@@ -30,22 +30,20 @@ import os
 from typing import TYPE_CHECKING
 
 from wiseverify.core.s3 import S3Target
-from wiseverify.inventory.checksum_report import ingest_report_file, report_plan
+from wiseverify.inventory.checksum_report import report_plan
+from wiseverify.inventory.jobs import Job, ListJob, WalkJob
 from wiseverify.inventory.listing_file import (
     check_listing,
     listing_jobs,
     parse_format,
-    parse_listing_range,
 )
-from wiseverify.inventory.s3_inventory import ingest_inventory_file, inventory_plan
+from wiseverify.inventory.s3_inventory import inventory_plan
 from wiseverify.inventory.sources import IngestError
 
 if TYPE_CHECKING:
-    from distributed import Client, Future
 
     from wiseverify.core.config import VerifyConfig
 #: job kinds the pipeline hands to :func:`submit`
-JOBS = ("lsrc", "idst", "csum")
 
 
 # --- driver glue: what verify() calls ---------------------------------------------------------
@@ -66,25 +64,25 @@ def check(cfg: VerifyConfig, root: str, target: S3Target) -> None:
         report_plan(cfg.checksum_report, target)
 
 
-def replace_jobs(cfg: VerifyConfig, root: str, target: S3Target, jobs: list[tuple],
-                 stats: dict) -> list[tuple]:
+def replace_jobs(cfg: VerifyConfig, target: S3Target, jobs: list[Job],
+                 stats: dict) -> list[Job]:
     """The inventory stage's first jobs, with ingest jobs in place of walk or listing.
 
-    ``jobs`` are the usual ``("src", ...)`` walk and ``("dst", ...)`` listing jobs;
-    a listing file replaces the first, an inventory report the second, and a
-    checksum report adds its own.  What was ingested is noted in ``stats``.
+    ``jobs`` are the usual walk and listing jobs; a listing file replaces the walk,
+    an inventory report the listing, and a checksum report adds its own.  What was
+    ingested is noted in ``stats``.
     """
     info: dict = {}
     out = list(jobs)
     if getattr(cfg, "source_listing", None):
-        out = [j for j in out if j[0] != "src"]
+        out = [j for j in out if not isinstance(j, WalkJob)]
         out += listing_jobs(cfg.source_listing, cfg.listing_format)
         st = os.stat(cfg.source_listing)
         info.update(source_listing=cfg.source_listing,
                     listing_format=" ".join(parse_format(cfg.listing_format)),
                     listing_bytes=st.st_size, listing_mtime_ns=st.st_mtime_ns)
     if getattr(cfg, "dest_inventory", None):
-        out = [j for j in out if j[0] != "dst"]
+        out = [j for j in out if not isinstance(j, ListJob)]
         inv, more = inventory_plan(cfg.dest_inventory, target)
         info.update(inv)
         out += more
@@ -95,32 +93,3 @@ def replace_jobs(cfg: VerifyConfig, root: str, target: S3Target, jobs: list[tupl
     if info:
         stats.setdefault("ingest", {}).update(info)
     return out
-
-
-def submit(client: Client, job: tuple, spool_base: str, root: str, target: S3Target,
-           key: str) -> Future:
-    """Submit one ingest job as a Dask task."""
-    kind = job[0]
-    if kind == "lsrc":
-        _, listing, start, end, fmt, sep = job
-        return client.submit(parse_listing_range, listing, root, start, end, fmt, sep,
-                             target.prefix, spool_base + ".parquet", pure=False, key=key)
-    if kind == "idst":
-        _, url, fmt, columns, md5 = job
-        return client.submit(ingest_inventory_file, url, fmt, columns, md5, target, spool_base,
-                             pure=False, key=key)
-    _, url, md5 = job
-    return client.submit(ingest_report_file, url, md5, target, spool_base, pure=False, key=key)
-
-
-def tally(res: dict, stats: dict, src_spools: list, dst_spools: list,
-          sum_spools: list) -> bool:
-    """Count an ingest task's result; True when the caller has nothing more to do with it."""
-    if "ingest" not in res:
-        return False
-    totals = stats.setdefault("ingest", {})
-    for k, v in res["ingest"].items():
-        totals[k] = totals.get(k, 0) + v
-    lists = {"src": src_spools, "dst": dst_spools, "sum": sum_spools}
-    lists[res["side"]].extend(res.get("spools") or ())
-    return res["side"] == "sum"

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
 from wiseverify.core.runio import write_atomic
+from wiseverify.inventory.jobs import Job, JobContext, Spooled, tally_ingest, tally_source
+
+if TYPE_CHECKING:
+    from distributed import Future
 from wiseverify.inventory.sources import IngestError
 
 if TYPE_CHECKING:
@@ -257,12 +262,34 @@ def parse_listing_range(listing: str, root: str, start: int, end: int, fmt: str 
             "ingest": st}
 
 
-def listing_jobs(listing: str, fmt: str | None, chunk: int = LISTING_CHUNK) -> list[tuple]:
+@dataclass
+class ListingRangeJob(Job):
+    """Parse the records of one byte range of a listing file into a source spool file."""
+
+    listing: str
+    start: int
+    end: int
+    fmt: str | None
+    sep: bytes
+    kind: ClassVar[str] = "listing"
+
+    def submit(self, ctx: JobContext, n: int) -> Future:
+        return ctx.client.submit(parse_listing_range, self.listing, ctx.root, self.start,
+                                 self.end, self.fmt, self.sep, ctx.target.prefix,
+                                 ctx.spool_base("lsrc", n) + ".parquet", pure=False,
+                                 key=ctx.key("listing", n))
+
+    def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
+        tally_ingest(res, inv)
+        return tally_source(res, ctx, inv)
+
+
+def listing_jobs(listing: str, fmt: str | None, chunk: int = LISTING_CHUNK) -> list[Job]:
     """One parse job per ``chunk`` bytes of the listing (the driver reads nothing more)."""
     listing = os.path.abspath(listing)  # workers may run elsewhere, in another directory
     size = os.path.getsize(listing)
     sep = detect_separator(listing)
-    return [("lsrc", listing, s, min(s + chunk, size), fmt, sep)
+    return [ListingRangeJob(listing, s, min(s + chunk, size), fmt, sep)
             for s in range(0, size, chunk)]
 
 

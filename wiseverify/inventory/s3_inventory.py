@@ -6,6 +6,14 @@ spool files: the bucket's daily report replaces 30,000 listing round trips.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from wiseverify.inventory.jobs import Job, JobContext, Spooled, tally_dest, tally_ingest
+
+if TYPE_CHECKING:
+    from distributed import Future
+
 import gzip
 import hashlib
 from collections.abc import Iterator
@@ -49,6 +57,27 @@ def _arn_bucket(value: str | None) -> str | None:
     return value.rsplit(":", 1)[-1] if value.startswith("arn:") else value
 
 
+@dataclass
+class InventoryFileJob(Job):
+    """Read one data file of an S3 Inventory report into destination spool files."""
+
+    url: str
+    fmt: str
+    columns: list[str]
+    md5: str | None
+    kind: ClassVar[str] = "inventory"
+
+    def submit(self, ctx: JobContext, n: int) -> Future:
+        return ctx.client.submit(ingest_inventory_file, self.url, self.fmt, self.columns,
+                                 self.md5, ctx.target, ctx.spool_base("idst", n), pure=False,
+                                 key=ctx.key("inventory", n))
+
+    def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
+        tally_ingest(res, inv)
+        tally_dest(res, inv)
+        return []
+
+
 def inventory_plan(manifest: str, target: S3Target) -> tuple[dict, list[tuple]]:
     """The inventory's description and one job per data file, from its manifest.json."""
     doc = _read_json(manifest, target)
@@ -70,8 +99,8 @@ def inventory_plan(manifest: str, target: S3Target) -> tuple[dict, list[tuple]]:
     if not isinstance(files, list) or not files:
         raise IngestError(f"{manifest} lists no data files")
     dest_bucket = _arn_bucket(doc.get("destinationBucket"))
-    jobs = [("idst", _resolve(manifest, dest_bucket, f["key"]), fmt, columns,
-             f.get("MD5checksum")) for f in files]
+    jobs = [InventoryFileJob(_resolve(manifest, dest_bucket, f["key"]), fmt, columns,
+                             f.get("MD5checksum")) for f in files]
     info = {"dest_inventory": manifest, "inventory_format": fmt,
             "inventory_created_ms": doc.get("creationTimestamp"),
             "inventory_files": len(jobs)}

@@ -10,7 +10,6 @@ import os
 import stat as statmod
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
+from wiseverify.core.runio import atomic_path
 
 #: columns of the inventory tables whose values repeat from row to row
 #: (dictionary-encoded in partition files; every other column is close to unique)
@@ -100,11 +100,9 @@ def write_spool(table: pa.Table, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(
             sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
         w.write_table(table)
-    os.replace(tmp, path)
 
 
 def read_spool(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
+from wiseverify.core.runio import write_bytes
 from wiseverify.inventory.spool import RateLimiter, _entry_row, write_spool
 from wiseverify.inventory.statx import (
     _AT_FLAGS,
@@ -466,9 +467,7 @@ def _spill_ranges(spool_path: str, rel: bytes, names: list[bytes], size: int) ->
     base.parent.mkdir(parents=True, exist_ok=True)
     for j in range(0, len(names), size):
         path = base.with_name(f"{base.stem}.names-{j // size:05d}-{uuid.uuid4().hex[:8]}")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(b"\0".join(names[j:j + size]))
-        os.replace(tmp, path)
+        write_bytes(path, b"\0".join(names[j:j + size]))
         out.append((rel, str(path)))
     return out
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import pickle
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from wiseverify.core.runio import write_bytes
 from wiseverify.digest import hashing as HASHING
 from wiseverify.digest import units as D
 from wiseverify.reconcile.plan import Context
@@ -90,8 +89,6 @@ def run_unit_checkpointed(ctx: Context, unit: D.Unit, part: int, i: int) -> dict
         res = HASHING.run_unit(unit, target, ctx.get_concurrency)
         res["open_interval"] = (t0, time.time())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
-    os.replace(tmp, path)
+    write_bytes(path, pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
     res["reused"] = False
     return res

@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from wiseverify.core import schema as S
+from wiseverify.core.runio import write_text
 
 #: statuses that mean bytes still have to be copied
 TO_SYNC = (S.MISSING_IN_DEST, S.SIZE_MISMATCH, S.CONTENT_MISMATCH)
@@ -46,9 +47,7 @@ def runs_index(root: str | os.PathLike, write: bool = True) -> list[dict]:
         })
     runs.sort(key=lambda r: r["started"] or "")
     if write and runs:
-        tmp = root / ".runs.json.tmp"
-        tmp.write_text(json.dumps(runs, indent=2) + "\n")
-        os.replace(tmp, root / "runs.json")
+        write_text(root / "runs.json", json.dumps(runs, indent=2) + "\n")
     return runs
 
 

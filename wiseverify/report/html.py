@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from wiseverify import __version__
 from wiseverify.core import schema as S
+from wiseverify.core.runio import write_bytes
 from wiseverify.core.units import human_bytes
 from wiseverify.report.charts import STATUS_COLORS, _e, histogram_svg, legend_html, stacked_bars_svg
 from wiseverify.report.summary import metadata_line, reconciliation_files, write_lists
@@ -286,9 +287,7 @@ def write_html(run_dir: str | os.PathLike, summary: dict, first_n: int = FIRST_N
     """Write ``RUN_DIR/report.html`` atomically and return its path."""
     run_dir = Path(run_dir)
     path = run_dir / "report.html"
-    tmp = run_dir / ".report.html.tmp"
-    tmp.write_text(render(run_dir, summary, first_n), encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes(path, render(run_dir, summary, first_n).encode("utf-8"))
     return path
 
 

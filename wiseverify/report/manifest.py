@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.parquet as pq
 
 from wiseverify import __version__
+from wiseverify.core.runio import write_text
 
 MANIFEST = "manifest.json"
 FORMAT = "wiseverify-manifest/1"
@@ -316,7 +317,5 @@ def write_manifest(run_dir: str | os.PathLike, *, previous: str | os.PathLike | 
     if key is None and use_env_key:
         key = key_from_env()
     manifest = build_manifest(run_dir, previous=previous, cluster=cluster, key=key)
-    tmp = run_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, run_dir / MANIFEST)
+    write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return run_dir / MANIFEST

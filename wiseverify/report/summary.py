@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from wiseverify.core import schema as S
+from wiseverify.core.runio import atomic_path, write_text
 from wiseverify.core.units import human_bytes
 
 DISCREPANCY_COLUMNS = ["status", "key", "dst_key", "detail", "verified_by", "src_size",
@@ -122,9 +123,9 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
     ``htmlreport.write_outputs`` writes these and then the page that reads them.
     """
     run_dir = Path(run_dir)
-    tmp_comb = run_dir / ".combined.txt.tmp"
-    tmp_csv = run_dir / ".discrepancies.csv.tmp"
-    with open(tmp_comb, "w", encoding="utf-8", newline="\n") as comb, \
+    with atomic_path(run_dir / "combined.txt") as tmp_comb, \
+            atomic_path(run_dir / "discrepancies.csv") as tmp_csv, \
+            open(tmp_comb, "w", encoding="utf-8", newline="\n") as comb, \
             open(tmp_csv, "w", encoding="utf-8", newline="") as disc:
         w = csv.writer(disc)
         w.writerow(DISCREPANCY_COLUMNS)
@@ -137,11 +138,7 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
                     comb.write(f"{sig} {_line_safe(row['key'])}\n")
                 if row["status"] not in S.CLEAN_STATUSES:
                     w.writerow([row[c] for c in DISCREPANCY_COLUMNS])
-    os.replace(tmp_comb, run_dir / "combined.txt")
-    os.replace(tmp_csv, run_dir / "discrepancies.csv")
-    tmp = run_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def _line_safe(key: str) -> str:

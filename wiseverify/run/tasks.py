@@ -42,7 +42,7 @@ def _unit_job(ctx: R.Context, units: list, topic: str | None, part: int, i: int,
     return res
 
 
-def _partition_job(ctx: R.Context, part: int, topic: str | None = None,
+def partition_job(ctx: R.Context, part: int, topic: str | None = None,
                    prehash_dir: str | None = None) -> dict:
     """One partition end to end, fanning its digest units out to the whole cluster.
 
