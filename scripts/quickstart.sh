@@ -96,6 +96,7 @@ case "${1:-}" in
         fi
         "$venv/bin/ruff" check wiseverify tests benchmarks
         "$venv/bin/lint-imports" --no-cache
+        "$venv/bin/deptry" .
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
     *)

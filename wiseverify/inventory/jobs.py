@@ -23,6 +23,19 @@ if TYPE_CHECKING:
     from distributed import Client, Future
 
 
+def walk_batches(pending: list, window: int) -> list[list]:
+    """Group a walk task's ``pending`` items into the next tasks' ``rel_dirs``.
+
+    Each name range of a huge directory is a task of its own (it holds up to
+    ``split_entries`` lstat calls); directories go in batches sized so that the
+    ``window`` tasks in flight share them.
+    """
+    ranges = [[p] for p in pending if isinstance(p, tuple)]
+    dirs = [p for p in pending if not isinstance(p, tuple)]
+    step = max(1, min(64, -(-len(dirs) // max(1, window))))
+    return ranges + [dirs[j:j + step] for j in range(0, len(dirs), step)]
+
+
 @dataclass
 class JobContext:
     """What every job of one run needs to submit its task."""
@@ -136,7 +149,7 @@ class WalkJob(Job):
 
     def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
         more = tally_source(res, ctx, inv)
-        return more + [WalkJob(b) for b in WALK.walk_batches(res["pending"], ctx.window)]
+        return more + [WalkJob(b) for b in walk_batches(res["pending"], ctx.window)]
 
 
 def _list_task(target: S3Target, rel: str, delimiter: bool, spool: str) -> dict:

@@ -10,6 +10,7 @@ import os
 import stat as statmod
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +18,19 @@ import pyarrow.parquet as pq
 
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
-from wiseverify.core.runio import atomic_path
+from wiseverify.core.runio import atomic_path, write_bytes
+
+
+def _spill_ranges(spool_path: str, rel: bytes, names: list[bytes], size: int) -> list[tuple]:
+    """Write name ranges of a huge directory next to the spool file: ``(rel, file)`` each."""
+    out = []
+    base = Path(spool_path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for j in range(0, len(names), size):
+        path = base.with_name(f"{base.stem}.names-{j // size:05d}-{uuid.uuid4().hex[:8]}")
+        write_bytes(path, b"\0".join(names[j:j + size]))
+        out.append((rel, str(path)))
+    return out
 
 #: columns of the inventory tables whose values repeat from row to row
 #: (dictionary-encoded in partition files; every other column is close to unique)

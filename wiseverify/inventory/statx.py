@@ -8,10 +8,13 @@ read without the ctypes plumbing.
 from __future__ import annotations
 
 import os
+import stat as statmod
 import sys
 
 import numpy as np
+import pyarrow as pa
 
+from wiseverify.core import keys as K
 from wiseverify.core import schema as S
 from wiseverify.core.units import open_noatime
 
@@ -132,3 +135,105 @@ class _Listed:
 def _open_dir(path: bytes) -> int:
     """Open a directory without following a symlink swapped in for it; no atime if allowed."""
     return open_noatime(path, _DIR_FLAGS)
+
+
+def records_table(blobs: list[bytes], recs, bad: list[int], prefix: str,
+                  extra: list[dict]) -> tuple[pa.Table, int]:
+    """SOURCE_INVENTORY rows from a walk task's listing blobs and statx records.
+
+    Column-wise, without a Python object per entry: the keys come straight from
+    the NUL-separated listing blobs, the numbers from the records.  Directories
+    are left out (they are walked, not verified); ``bad`` are records whose stat
+    failed (their rows are in ``extra``).
+    """
+    import pyarrow.compute as pc
+
+    # every key of the task from the listing blobs, without a Python object per key
+    raw = np.frombuffer(b"".join(blobs), np.uint8)
+    ends = np.flatnonzero(raw == 0)
+    offsets = np.zeros(len(ends) + 1, np.int64)
+    offsets[1:] = ends + 1
+    offsets[1:] -= np.arange(1, len(ends) + 1)  # less the NULs before each end
+    key_bytes = pa.Array.from_buffers(pa.large_binary(), len(ends),
+                                      [None, pa.py_buffer(offsets),
+                                       pa.py_buffer(raw[raw != 0])])
+    keep = (recs["mode"] & 0o170000) != statmod.S_IFDIR
+    if bad:
+        keep[bad] = False
+    sel = None if keep.all() else keep
+    if sel is not None:
+        key_bytes = key_bytes.filter(pa.array(sel))
+
+    def col(name: str):  # one field of the kept records (not whole 256-byte records)
+        return recs[name] if sel is None else recs[name][sel]
+
+    key_bytes = key_bytes.cast(pa.binary())
+    n = len(key_bytes)
+    try:
+        if not _UTF8_FS:
+            raise UnicodeError
+        key = key_bytes.cast(pa.string())  # checks that every key is UTF-8
+        # every name is valid UTF-8: only the length can make it unmappable
+        plen = len(prefix.encode())
+        long_ix = np.flatnonzero(pc.binary_length(key_bytes).to_numpy() + plen
+                                 > K.MAX_KEY_BYTES)
+        if len(long_ix):
+            probs: list = [None] * n
+            for i in long_ix.tolist():
+                probs[i] = K.name_problem(key_bytes[i].as_py(), prefix)
+            problem = pa.array(probs, pa.string())
+        else:
+            problem = pa.nulls(n, pa.string())
+    except (UnicodeError, pa.ArrowInvalid):  # a name that is not UTF-8: row by row
+        keys_raw = key_bytes.to_pylist()
+        key = pa.array([K.display_key(b) for b in keys_raw], pa.string())
+        problem = pa.array([K.name_problem(b, prefix) for b in keys_raw], pa.string())
+    ascii_ = pc.string_is_ascii(key)
+    if pc.all(ascii_).as_py() is False:
+        mask = pc.invert(ascii_)
+        repl = [K.nfc(s) for s in pc.filter(key, mask).to_pylist()]
+        nkey = pc.replace_with_mask(key, mask, pa.array(repl, pa.string()))
+    else:
+        nkey = key
+    mode = col("mode").astype(np.int64)
+    size = col("size").astype(np.int64)
+    major = col("dev_major").astype(np.uint64)
+    minor = col("dev_minor").astype(np.uint64)
+    dev = (((major & 0xFFF) << 8) | ((major & ~np.uint64(0xFFF)) << 32)  # glibc makedev
+           | (minor & 0xFF) | ((minor & ~np.uint64(0xFF)) << 12))
+    billion = np.int64(1_000_000_000)
+    arrays = {
+        "key": key, "key_bytes": key_bytes, "nkey": nkey,
+        "kind": pc.take(pa.array(_KINDS, pa.string()), pa.array(mode >> 12, pa.int8())),
+        "size": pa.array(size), "mode": pa.array(mode),
+        "mtime_ns": pa.array(col("mtime_s") * billion + col("mtime_ns")),
+        "ctime_ns": pa.array(col("ctime_s") * billion + col("ctime_ns")),
+        "ino": pa.array(col("ino")), "dev": pa.array(dev),
+        "nlink": pa.array(col("nlink").astype(np.int64)),
+        "uid": pa.array(col("uid").astype(np.int64)),
+        "gid": pa.array(col("gid").astype(np.int64)),
+        "blocks": pa.array(col("blocks").astype(np.int64)),
+        "name_problem": problem, "error": pa.nulls(n, pa.string()),
+    }
+    table = pa.table([arrays[f.name] for f in S.SOURCE_INVENTORY],
+                     schema=S.SOURCE_INVENTORY)
+    if extra:
+        table = pa.concat_tables([table, S.from_rows(extra, S.SOURCE_INVENTORY)])
+    return table, int(size.sum())
+
+
+def fill_records(recs, got: list[tuple[int, os.stat_result]]) -> None:
+    """statx records from os.lstat results (the portable path), a column at a time."""
+    ix = [i for i, _ in got]
+    sts = [st for _, st in got]
+    recs["mask"][ix] = _STATX_NEED
+    for col, attr in (("mode", "st_mode"), ("ino", "st_ino"), ("nlink", "st_nlink"),
+                      ("uid", "st_uid"), ("gid", "st_gid"), ("size", "st_size"),
+                      ("blocks", "st_blocks")):
+        recs[col][ix] = [getattr(st, attr, 0) for st in sts]
+    for t in ("mtime", "ctime"):
+        ns = [getattr(st, f"st_{t}_ns") for st in sts]
+        recs[f"{t}_s"][ix] = [v // 1_000_000_000 for v in ns]
+        recs[f"{t}_ns"][ix] = [v % 1_000_000_000 for v in ns]
+    recs["dev_major"][ix] = [os.major(st.st_dev) for st in sts]
+    recs["dev_minor"][ix] = [os.minor(st.st_dev) for st in sts]

@@ -21,30 +21,25 @@ import os
 import stat as statmod
 import threading
 import time
-import uuid
 from itertools import repeat
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from wiseverify.core import keys as K
-from wiseverify.core import schema as S
-from wiseverify.core.runio import write_bytes
-from wiseverify.inventory.spool import RateLimiter, _entry_row, write_spool
+from wiseverify.inventory.spool import RateLimiter, _entry_row, _spill_ranges, write_spool
 from wiseverify.inventory.statx import (
     _AT_FLAGS,
-    _KINDS,
     _REC,
     _STATX,
     _STATX_DTYPE,
     _STATX_NEED,
-    _UTF8_FS,
     _head,
     _list_blob,
     _Listed,
     _open_dir,
     _voluntary_switches,
+    fill_records,
+    records_table,
 )
 
 try:  # the C loops of the walk (setup.py builds them where a compiler is found)
@@ -193,25 +188,8 @@ class _Walk:
             except OSError as exc:
                 fails.append((first + i, f"lstat failed: {exc.strerror}"))
         if got:
-            self._fill(recs, got)
+            fill_records(recs, got)
         return fails
-
-    @staticmethod
-    def _fill(recs, got: list[tuple[int, os.stat_result]]) -> None:
-        """statx records from os.lstat results (the portable path), a column at a time."""
-        ix = [i for i, _ in got]
-        sts = [st for _, st in got]
-        recs["mask"][ix] = _STATX_NEED
-        for col, attr in (("mode", "st_mode"), ("ino", "st_ino"), ("nlink", "st_nlink"),
-                          ("uid", "st_uid"), ("gid", "st_gid"), ("size", "st_size"),
-                          ("blocks", "st_blocks")):
-            recs[col][ix] = [getattr(st, attr, 0) for st in sts]
-        for t in ("mtime", "ctime"):
-            ns = [getattr(st, f"st_{t}_ns") for st in sts]
-            recs[f"{t}_s"][ix] = [v // 1_000_000_000 for v in ns]
-            recs[f"{t}_ns"][ix] = [v % 1_000_000_000 for v in ns]
-        recs["dev_major"][ix] = [os.major(st.st_dev) for st in sts]
-        recs["dev_minor"][ix] = [os.minor(st.st_dev) for st in sts]
 
     def _list(self, rel: bytes) -> tuple[int, bytes] | None:
         """Open and read one directory (one metadata operation); None after an error row."""
@@ -382,94 +360,8 @@ class _Walk:
 
     def table(self) -> tuple[pa.Table, int]:
         """The task's rows (directories themselves excluded) and their total size."""
-        import pyarrow.compute as pc
-
-        np = self.np
-        # every key of the task from the listing blobs, without a Python object per key
-        raw = np.frombuffer(b"".join(self.blobs), np.uint8)
-        ends = np.flatnonzero(raw == 0)
-        offsets = np.zeros(len(ends) + 1, np.int64)
-        offsets[1:] = ends + 1
-        offsets[1:] -= np.arange(1, len(ends) + 1)  # less the NULs before each end
-        key_bytes = pa.Array.from_buffers(pa.large_binary(), len(ends),
-                                          [None, pa.py_buffer(offsets),
-                                           pa.py_buffer(raw[raw != 0])])
-        recs = self.buf[:self.used * _REC].view(self.dtype)
-        keep = (recs["mode"] & 0o170000) != statmod.S_IFDIR
-        if self.bad:
-            keep[self.bad] = False
-        sel = None if keep.all() else keep
-        if sel is not None:
-            key_bytes = key_bytes.filter(pa.array(sel))
-
-        def col(name: str):  # one field of the kept records (not whole 256-byte records)
-            return recs[name] if sel is None else recs[name][sel]
-
-        key_bytes = key_bytes.cast(pa.binary())
-        n = len(key_bytes)
-        try:
-            if not _UTF8_FS:
-                raise UnicodeError
-            key = key_bytes.cast(pa.string())  # checks that every key is UTF-8
-            # every name is valid UTF-8: only the length can make it unmappable
-            plen = len(self.prefix.encode())
-            long_ix = np.flatnonzero(pc.binary_length(key_bytes).to_numpy() + plen
-                                     > K.MAX_KEY_BYTES)
-            if len(long_ix):
-                probs: list = [None] * n
-                for i in long_ix.tolist():
-                    probs[i] = K.name_problem(key_bytes[i].as_py(), self.prefix)
-                problem = pa.array(probs, pa.string())
-            else:
-                problem = pa.nulls(n, pa.string())
-        except (UnicodeError, pa.ArrowInvalid):  # a name that is not UTF-8: row by row
-            keys_raw = key_bytes.to_pylist()
-            key = pa.array([K.display_key(b) for b in keys_raw], pa.string())
-            problem = pa.array([K.name_problem(b, self.prefix) for b in keys_raw], pa.string())
-        ascii_ = pc.string_is_ascii(key)
-        if pc.all(ascii_).as_py() is False:
-            mask = pc.invert(ascii_)
-            repl = [K.nfc(s) for s in pc.filter(key, mask).to_pylist()]
-            nkey = pc.replace_with_mask(key, mask, pa.array(repl, pa.string()))
-        else:
-            nkey = key
-        mode = col("mode").astype(np.int64)
-        size = col("size").astype(np.int64)
-        major = col("dev_major").astype(np.uint64)
-        minor = col("dev_minor").astype(np.uint64)
-        dev = (((major & 0xFFF) << 8) | ((major & ~np.uint64(0xFFF)) << 32)  # glibc makedev
-               | (minor & 0xFF) | ((minor & ~np.uint64(0xFF)) << 12))
-        billion = np.int64(1_000_000_000)
-        arrays = {
-            "key": key, "key_bytes": key_bytes, "nkey": nkey,
-            "kind": pc.take(pa.array(_KINDS, pa.string()), pa.array(mode >> 12, pa.int8())),
-            "size": pa.array(size), "mode": pa.array(mode),
-            "mtime_ns": pa.array(col("mtime_s") * billion + col("mtime_ns")),
-            "ctime_ns": pa.array(col("ctime_s") * billion + col("ctime_ns")),
-            "ino": pa.array(col("ino")), "dev": pa.array(dev),
-            "nlink": pa.array(col("nlink").astype(np.int64)),
-            "uid": pa.array(col("uid").astype(np.int64)),
-            "gid": pa.array(col("gid").astype(np.int64)),
-            "blocks": pa.array(col("blocks").astype(np.int64)),
-            "name_problem": problem, "error": pa.nulls(n, pa.string()),
-        }
-        table = pa.table([arrays[f.name] for f in S.SOURCE_INVENTORY],
-                         schema=S.SOURCE_INVENTORY)
-        if self.extra:
-            table = pa.concat_tables([table, S.from_rows(self.extra, S.SOURCE_INVENTORY)])
-        return table, int(size.sum())
-
-
-def _spill_ranges(spool_path: str, rel: bytes, names: list[bytes], size: int) -> list[tuple]:
-    """Write name ranges of a huge directory next to the spool file: ``(rel, file)`` each."""
-    out = []
-    base = Path(spool_path)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for j in range(0, len(names), size):
-        path = base.with_name(f"{base.stem}.names-{j // size:05d}-{uuid.uuid4().hex[:8]}")
-        write_bytes(path, b"\0".join(names[j:j + size]))
-        out.append((rel, str(path)))
-    return out
+        return records_table(self.blobs, self.buf[:self.used * _REC].view(self.dtype),
+                             self.bad, self.prefix, self.extra)
 
 
 #: Walk tasks of one worker process take turns.  On a cached tree a task is
@@ -543,16 +435,3 @@ def walk_dirs(
         return {"count": table.num_rows, "pending": ranges + list(reversed(stack)),
                 "dirs": w.dirs, "ops": w.ops, "bytes": nbytes, "threads": w.threads,
                 "spool": spool_path if table.num_rows else None}
-
-
-def walk_batches(pending: list, window: int) -> list[list]:
-    """Group a walk task's ``pending`` items into the next tasks' ``rel_dirs``.
-
-    Each name range of a huge directory is a task of its own (it holds up to
-    ``split_entries`` lstat calls); directories go in batches sized so that the
-    ``window`` tasks in flight share them.
-    """
-    ranges = [[p] for p in pending if isinstance(p, tuple)]
-    dirs = [p for p in pending if not isinstance(p, tuple)]
-    step = max(1, min(64, -(-len(dirs) // max(1, window))))
-    return ranges + [dirs[j:j + step] for j in range(0, len(dirs), step)]

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from wiseverify.compare.match import Matched
 from wiseverify.core import schema as S
+from wiseverify.core.columns import b64_rows, hex_rows, with_validity
 from wiseverify.core.rules import (
     ALGO_COST,
     ETAG_COUNT_PATTERN,
@@ -56,65 +57,6 @@ COLUMNS = {
     "dst_checksum_type": pa.string(), "dst_checksum": pa.string(), "src_digest": pa.string(),
     "src_crc64nvme": pa.string(), "bytes_read_src": pa.int64(),
 }
-
-
-# --- encodings without a Python loop ------------------------------------------------------
-
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
-_B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-                     np.uint8)
-
-
-def _strings(chars: np.ndarray) -> pa.Array:
-    """A string array from an (n, width) uint8 array of ASCII characters."""
-    n, width = chars.shape
-    offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
-                                                  pa.py_buffer(np.ascontiguousarray(chars))])
-
-
-def with_validity(arr: pa.Array | pa.ChunkedArray, valid: np.ndarray) -> pa.Array:
-    """``arr`` where ``valid``, null elsewhere, sharing ``arr``'s value buffers.
-
-    ``arr`` must hold a value wherever ``valid`` is True.  Masking a column this
-    way costs a bitmap; ``if_else`` against a null copied every string of it.
-    """
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if arr.offset or pa.types.is_boolean(arr.type):
-        return pc.if_else(pa.array(valid), arr, pa.scalar(None, arr.type))
-    bits = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(arr.type, len(arr), [bits, *arr.buffers()[1:]])
-
-
-#: the two hex characters of each byte value, as one uint16 in memory order
-_HEX_PAIRS = np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 15]],
-                      axis=1).astype(np.uint8).view(np.uint16).ravel()
-
-
-def hex_rows(raw: np.ndarray) -> pa.Array:
-    """Lower-case hex of each row of an (n, k) uint8 array (``bytes.hex()``).
-
-    One gather of both characters per byte: three times faster than
-    splitting nibbles, and a partition's MD5s are hexed on every run.
-    """
-    n, k = raw.shape
-    return _strings(_HEX_PAIRS[raw].view(np.uint8).reshape(n, 2 * k))
-
-
-def b64_rows(raw: np.ndarray) -> pa.Array:
-    """Standard base64 with padding of each row of an (n, k) uint8 array."""
-    n, k = raw.shape
-    pad = -k % 3
-    if pad:
-        raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
-    g = raw.reshape(n, (k + pad) // 3, 3).astype(np.uint32)
-    v = (g[..., 0] << 16) | (g[..., 1] << 8) | g[..., 2]
-    idx = np.stack([(v >> 18) & 63, (v >> 12) & 63, (v >> 6) & 63, v & 63], axis=-1)
-    out = _B64[idx.reshape(n, 4 * ((k + pad) // 3))]
-    if pad:
-        out[:, -pad:] = ord("=")
-    return _strings(out)
 
 
 def _fixed(arr: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from wiseverify.compare import evidence as E
 from wiseverify.core.s3 import S3Target
 from wiseverify.demo.locals3 import put_multipart
 
-from .s3proxy import Faults, S3Proxy
+from ..s3proxy import Faults, S3Proxy
 
 MiB = 1 << 20
 

@@ -256,7 +256,7 @@ def test_locally_signed_gets_fall_back_on_faults(s3, bucket, via_send):
     """500/503 SlowDown, resets and a 403 on the local path: botocore repeats, same results."""
     from wiseverify.core.s3 import S3Target
 
-    from .s3proxy import Faults, S3Proxy
+    from ..s3proxy import Faults, S3Proxy
 
     ranges = _readback_fixture(s3, bucket)
     ref, _ = _readback(S3Target(bucket, "p/", s3.url), bucket, ranges, fast=False)

@@ -25,9 +25,9 @@ from wiseverify.demo.locals3 import FAKE_CREDENTIALS
 from wiseverify.demo.tree import build_fixture
 from wiseverify.deploy.jobfile import JobFileError, load_job, run_dir, verify_argv
 
-from .conftest import read_table
+from ..conftest import read_table
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VERIFY_SH = REPO / "slurm" / "verify.sh"
 SECRET = FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
 #: columns that name the run rather than describe the key

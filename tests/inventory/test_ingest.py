@@ -38,8 +38,8 @@ from wiseverify.inventory import s3_inventory as INGEST
 from wiseverify.run.driver import verify
 from wiseverify.run.prepare import prepare
 
-from .conftest import read_table
-from .s3proxy import S3Proxy
+from ..conftest import read_table
+from ..s3proxy import S3Proxy
 
 MiB = 1 << 20
 BUCKET = "ingest-tree"

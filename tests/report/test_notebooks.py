@@ -17,9 +17,9 @@ from nbclient import NotebookClient
 from wiseverify.core.config import VerifyConfig
 from wiseverify.run.driver import verify
 
-from .demo_runs import copy_run, demo_details
+from ..demo_runs import copy_run, demo_details
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["explore_run.ipynb", "cutover_dashboard.ipynb"]
 
 

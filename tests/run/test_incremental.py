@@ -14,7 +14,7 @@ import pytest
 
 from wiseverify.core import schema as S
 
-from .conftest import read_table
+from ..conftest import read_table
 
 MiB = 1 << 20
 RUN_SPECIFIC = {"evidence_run", "partition"}

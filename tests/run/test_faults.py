@@ -15,8 +15,8 @@ from wiseverify.core.config import VerifyConfig
 from wiseverify.demo.locals3 import put_multipart
 from wiseverify.run.driver import verify
 
-from .conftest import read_table
-from .s3proxy import Faults, S3Proxy
+from ..conftest import read_table
+from ..s3proxy import Faults, S3Proxy
 
 MiB = 1 << 20
 RUN_SPECIFIC = {"evidence_run", "partition"}

@@ -11,7 +11,7 @@ import pytest
 
 from wiseverify.demo.locals3 import free_port
 
-from .s3proxy import Faults, S3Proxy
+from ..s3proxy import Faults, S3Proxy
 
 
 def wv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -168,7 +168,7 @@ def test_reference_job_file_is_valid():
 
     from wiseverify.deploy.jobfile import load_job, verify_argv
 
-    job = load_job(Path(__file__).parent.parent / "jobs" / "platform-cutover.yaml")
+    job = load_job(Path(__file__).parents[2] / "jobs" / "platform-cutover.yaml")
     argv = verify_argv(job, stamp="20261127T220000Z")
     assert argv[:2] == ["/lustre/stats/platform", "s3://stats-platform-archive/platform/"]
     assert "/lustre/verify-runs/platform/20261127T220000Z" in argv[3]

@@ -25,8 +25,8 @@ from wiseverify.reconcile import finish as FINISH
 from wiseverify.reconcile import plan as R
 from wiseverify.run.driver import verify
 
-from .conftest import read_table
-from .s3proxy import S3Proxy
+from ..conftest import read_table
+from ..s3proxy import S3Proxy
 
 MiB = 1 << 20
 

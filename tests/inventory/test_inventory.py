@@ -10,6 +10,7 @@ import pytest
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
 from wiseverify.core.s3 import S3Target
+from wiseverify.inventory import jobs as JOBS
 from wiseverify.inventory import partition as PARTITION
 from wiseverify.inventory import s3list as S3LIST
 from wiseverify.inventory import spool as SPOOL
@@ -56,7 +57,7 @@ def _walk_all(root, spool, first=(b"",), **kw):
         tasks.append((batch, res))
         if res["spool"]:
             rows += SPOOL.read_spool(res["spool"]).to_pylist()
-        pending += INV.walk_batches(res["pending"], 4)
+        pending += JOBS.walk_batches(res["pending"], 4)
     return rows, tasks
 
 

@@ -14,7 +14,7 @@ from wiseverify.demo.locals3 import FAKE_CREDENTIALS
 from wiseverify.report import audit as AUDIT
 from wiseverify.report import manifest as AUD
 
-from .demo_runs import copy_run
+from ..demo_runs import copy_run
 
 
 def wv(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from wiseverify.core import schema as S
 from wiseverify.demo.locals3 import put_multipart
 from wiseverify.demo.tree import build_fixture
 
-from .s3proxy import Faults, S3Proxy
+from ..s3proxy import Faults, S3Proxy
 
 MiB = 1 << 20
 
@@ -109,7 +109,7 @@ def test_kms_etag_is_unverified_and_403_is_dest_error(s3, bucket, tmp_path, dask
     from wiseverify.core.config import VerifyConfig
     from wiseverify.run.driver import verify
 
-    from .conftest import read_table
+    from ..conftest import read_table
 
     root = tmp_path / "src"
     root.mkdir()
@@ -164,7 +164,7 @@ def test_unreadable_file_is_source_error(s3, bucket, tmp_path):
     )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
-    from .conftest import read_table
+    from ..conftest import read_table
 
     table = read_table(out)
     assert table["secret.txt"]["status"] == S.SOURCE_ERROR

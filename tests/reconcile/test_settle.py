@@ -26,6 +26,7 @@ import pytest
 from awscrt import checksums as crt
 
 from wiseverify.compare import match as M
+from wiseverify.core import columns as COLUMNS
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
 from wiseverify.core.s3 import S3Target
@@ -330,10 +331,10 @@ def test_encodings_equal_the_standard_library():
     raw = np.random.default_rng(2).integers(0, 256, (500, 16), dtype=np.uint8)
     for width in (1, 2, 3, 8, 16):
         part = raw[:, :width]
-        assert SETTLE.b64_rows(part).to_pylist() == [
+        assert COLUMNS.b64_rows(part).to_pylist() == [
             base64.b64encode(r.tobytes()).decode() for r in part]
-        assert SETTLE.hex_rows(part).to_pylist() == [r.tobytes().hex() for r in part]
+        assert COLUMNS.hex_rows(part).to_pylist() == [r.tobytes().hex() for r in part]
     crc = raw[:, :8].copy().view(">u8").ravel()
-    assert SETTLE.hex_rows(crc.astype(">u8").view(np.uint8).reshape(-1, 8)).to_pylist() == [
+    assert COLUMNS.hex_rows(crc.astype(">u8").view(np.uint8).reshape(-1, 8)).to_pylist() == [
         f"{int(v):016x}" for v in crc]
-    assert len(SETTLE.hex_rows(raw[:0])) == len(SETTLE.b64_rows(raw[:0])) == 0
+    assert len(COLUMNS.hex_rows(raw[:0])) == len(COLUMNS.b64_rows(raw[:0])) == 0

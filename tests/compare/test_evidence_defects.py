@@ -17,8 +17,8 @@ from wiseverify.core import schema as S
 from wiseverify.demo.locals3 import posix_metadata, put_multipart
 from wiseverify.report.summary import format_table, result_line
 
-from .conftest import read_table
-from .s3proxy import S3Proxy
+from ..conftest import read_table
+from ..s3proxy import S3Proxy
 
 MiB = 1 << 20
 IRREGULAR = [6 * MiB, 5 * MiB, 7 * MiB, 1 * MiB]
@@ -244,7 +244,7 @@ def test_irregular_part_layouts(layouts, s3, bucket, tmp_path, dask_client):
 def test_prefix_whose_sample_cannot_be_headed_is_dest_error(s3, bucket, tmp_path, dask_client):
     """HEAD denied on a whole prefix: its rows are DEST_ERROR naming the cause, no MATCH on
     the ETag alone, and no HEAD beyond the sample; the other prefix is unaffected."""
-    from .s3proxy import Faults
+    from ..s3proxy import Faults
 
     rng = random.Random(16)
     root = tmp_path / "src"
