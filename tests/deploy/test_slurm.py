@@ -353,7 +353,7 @@ def test_slurmcluster_job_script_directives(tmp_path, monkeypatch):
     need_slurm()
     import dask
 
-    from wiseverify.deploy import slurm
+    from wiseverify.deploy import slurmcluster as slurm
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     assert dask.config.get("wiseverify.slurm.cluster.max-jobs") == 4  # packaged default

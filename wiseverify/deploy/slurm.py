@@ -7,7 +7,7 @@ through the scheduler file), every other rank is a worker.  The allocation is
 the whole cluster, so nothing outlives the job.
 
 Settings, TLS and the worker jobs of ``--cluster slurm`` are
-:mod:`wiseverify.deploy.slurmcluster`'s; its names are importable from here too.
+:mod:`wiseverify.deploy.slurmcluster`'s and :mod:`wiseverify.deploy.security`'s.
 """
 
 from __future__ import annotations
