@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 from wiseverify.cli.options import build_parser
@@ -53,12 +54,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     progress = Progress(mode="off" if args.quiet else args.progress)
     log = None if args.quiet else progress.log
     try:
+        t0 = time.monotonic()
         prepared = prepare(cfg)  # fail fast, before a cluster is started
+        t1 = time.monotonic()
         with open_client(args.scheduler, args.workers, args.threads_per_worker,
                          cluster=args.cluster, min_jobs=args.min_jobs, max_jobs=args.max_jobs,
                          run_dir=args.out) as client, \
                 progress:
-            summary = verify(cfg, client, log=log, progress=progress, prepared=prepared)
+            setup = {"preflight_s": round(t1 - t0, 3),
+                     "cluster_start_s": round(time.monotonic() - t1, 3)}
+            summary = verify(cfg, client, log=log, progress=progress, prepared=prepared,
+                             setup_timings=setup)
     except (ConfigError, ClusterError) as exc:
         _err(str(exc))
         return EXIT_CONFIG

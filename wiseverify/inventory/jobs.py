@@ -53,11 +53,6 @@ class JobContext:
     prehash_rows: int = 0
     head_min_size: int = 4 << 20
 
-    @property
-    def stop_flag(self) -> Path:
-        """Touched when the listing is done: prehash jobs still running stop early."""
-        return self.spool / "_prehash_stop"
-
     def spool_base(self, kind: str, n: int) -> str:
         return str(self.spool / f"{kind}-{n:08d}")
 
@@ -195,7 +190,7 @@ class ListJob(Job):
 
 @dataclass
 class PrehashJob(Job):
-    """Hash the small files among ``count`` rows of a walk spool while the listing runs."""
+    """Hash the small files among ``count`` rows of a source spool (see inventory.prehash)."""
 
     spool: str
     start: int
@@ -208,7 +203,7 @@ class PrehashJob(Job):
 
         return ctx.client.submit(prehash_job, ctx.root, self.spool, self.start, self.count,
                                  ctx.spool_base("pre", n) + ".parquet", ctx.head_min_size,
-                                 str(ctx.stop_flag), pure=False, priority=1,
+                                 pure=False, priority=1,
                                  key=ctx.key("prehash", n))
 
     def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:

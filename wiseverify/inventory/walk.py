@@ -1,18 +1,11 @@
-"""Stage 1, inventory: list both sides as Dask tasks and write them hash-partitioned.
+"""The source walk: batches of directories per Dask task, getdents and statx, depth first.
 
-Design
-------
-* Source: a task walks a *batch* of directories with getdents + ``lstat``
-  (statx; never ``open`` on an entry), depth first, until it has seen ``budget``
-  entries; whatever subdirectories are left go back to the driver, which fans them out as new
-  tasks.  Small trees cost a handful of tasks, a 30M-file tree spreads over the
-  cluster, and the driver only ever holds directory names and counts.
-* Destination: ListObjectsV2 under the prefix with ``Delimiter='/'`` for the first
-  ``fanout_depth`` levels (each common prefix becomes a task), then one paginated
-  recursive listing per prefix.  Zero-byte keys ending in ``/`` are folder markers.
-* Each task writes its rows to a spool Parquet file (temp name, then rename);
-  :func:`compact` turns spool files into ``inventory/{src,dst}/part=NNNNN/*.parquet``
-  by ``partition_of(nfc(key))``, so later stages read one partition at a time.
+A task walks a *batch* of directories with getdents + ``lstat`` (statx; never
+``open`` on an entry) until it has seen ``budget`` entries; whatever subdirectories
+are left go back to the driver, which fans them out as new tasks.  Small trees cost
+a handful of tasks, a 30M-file tree spreads over the cluster, and the driver only
+ever holds directory names and counts.  Each task writes its rows to a spool file
+(:mod:`.spool`); :mod:`.partition` later cuts them into hash partitions.
 """
 
 from __future__ import annotations

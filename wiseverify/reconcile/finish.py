@@ -98,6 +98,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     """Compare digests with evidence, set every row's status, write the partition output."""
     started = time.perf_counter()
     m: pd.DataFrame = plan["frame"]
+    rows: dict[int, dict] = plan.get("rows") or {}
     evidence: dict[int, Evidence] = plan["evidence"]
     src_ranges: dict[int, list[dict]] = defaultdict(list)
     dst_ranges: dict[int, list[dict]] = defaultdict(list)
@@ -188,7 +189,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
         if not same:
             status[i], detail[i] = S.CONTENT_MISMATCH, what
             continue
-        row = _row_dict(m, i)
+        row = rows.get(i) or _row_dict(m, i)
         if ctx.metadata != "off":
             checked, diffs = compare_posix_metadata(ev.metadata, row)
             out["metadata_checked"][i] = checked

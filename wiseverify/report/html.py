@@ -21,6 +21,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wiseverify import __version__
@@ -73,18 +75,29 @@ def top_dir(key: str) -> str:
 
 
 def collect(run_dir: str | os.PathLike) -> dict:
-    """Per-directory status counts and the discrepancy size histogram, streamed per partition."""
+    """Per-directory status counts and the discrepancy size histogram, streamed per partition.
+
+    Counted column-wise (a group-by per batch): only discrepancies become Python rows.
+    """
     by_dir: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     hist: dict[str, list[int]] = defaultdict(lambda: [0] * len(SIZE_BUCKETS))
+    clean = pa.array(sorted(S.CLEAN_STATUSES), pa.string())
     for f in reconciliation_files(run_dir):
-        t = pq.read_table(f, columns=["key", "status", "src_size", "dst_size"])
-        keys = t.column("key").to_pylist()
-        statuses = t.column("status").to_pylist()
-        src = t.column("src_size").to_pylist()
-        dst = t.column("dst_size").to_pylist()
-        for key, st, ss, ds in zip(keys, statuses, src, dst, strict=True):
-            by_dir[top_dir(key)][st] += 1
-            if st not in S.CLEAN_STATUSES:
+        for b in pq.ParquetFile(f).iter_batches(
+                batch_size=1 << 16, columns=["key", "status", "src_size", "dst_size"]):
+            key, status = b.column("key"), b.column("status")
+            head = pc.list_element(pc.split_pattern(key, "/", max_splits=1), 0)
+            top = pc.if_else(pc.match_substring(key, "/"), head, ROOT_FILES)
+            counts = pa.table({"top": top, "status": status}).group_by(
+                ["top", "status"]).aggregate([([], "count_all")])
+            for d, st, n in zip(counts.column("top").to_pylist(),
+                                counts.column("status").to_pylist(),
+                                counts.column("count_all").to_pylist(), strict=True):
+                by_dir[d][st] += n
+            bad = b.filter(pc.invert(pc.is_in(status, value_set=clean)))
+            for st, ss, ds in zip(bad.column("status").to_pylist(),
+                                  bad.column("src_size").to_pylist(),
+                                  bad.column("dst_size").to_pylist(), strict=True):
                 hist[st][size_bucket(ss if ss is not None else ds)] += 1
     return {"by_dir": {d: dict(c) for d, c in by_dir.items()}, "hist": dict(hist)}
 

@@ -12,6 +12,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wiseverify.core import schema as S
@@ -120,9 +122,14 @@ def reconciliation_files(run_dir: str | os.PathLike) -> list[Path]:
 def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
     """summary.json, combined.txt (rclone sigils) and discrepancies.csv, atomically.
 
-    ``htmlreport.write_outputs`` writes these and then the page that reads them.
+    ``html.write_outputs`` writes these and then the page that reads them.  Read in
+    batches and written column-wise: at 30 million keys a row object per key
+    would cost the driver gigabytes; only discrepancies become Python rows.
     """
     run_dir = Path(run_dir)
+    sig_status = pa.array(list(S.SIGILS), pa.string())
+    sig_chars = pa.array(list(S.SIGILS.values()), pa.string())
+    clean = pa.array(sorted(S.CLEAN_STATUSES), pa.string())
     with atomic_path(run_dir / "combined.txt") as tmp_comb, \
             atomic_path(run_dir / "discrepancies.csv") as tmp_csv, \
             open(tmp_comb, "w", encoding="utf-8", newline="\n") as comb, \
@@ -130,13 +137,18 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
         w = csv.writer(disc)
         w.writerow(DISCREPANCY_COLUMNS)
         for f in reconciliation_files(run_dir):
-            t = pq.read_table(f, columns=DISCREPANCY_COLUMNS)
-            for row in t.to_pylist():
-                sig = S.SIGILS.get(row["status"])
-                if sig is not None:
-                    # keys with newlines would break the one-key-per-line format
-                    comb.write(f"{sig} {_line_safe(row['key'])}\n")
-                if row["status"] not in S.CLEAN_STATUSES:
+            for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 16,
+                                                    columns=DISCREPANCY_COLUMNS):
+                status, key = b.column("status"), b.column("key")
+                sig = pc.take(sig_chars, pc.index_in(status, value_set=sig_status))
+                # keys with newlines would break the one-key-per-line format
+                safe = pc.replace_substring(pc.replace_substring(key, "\n", "\\n"),
+                                            "\r", "\\r")
+                lines = pc.drop_null(pc.binary_join_element_wise(sig, safe, " "))
+                if len(lines):
+                    comb.write("\n".join(lines.to_pylist()) + "\n")
+                bad = b.filter(pc.invert(pc.is_in(status, value_set=clean)))
+                for row in bad.to_pylist():
                     w.writerow([row[c] for c in DISCREPANCY_COLUMNS])
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 

@@ -83,6 +83,8 @@ class Run:
     #: --resume found the inventory complete: it is not listed again
     inv_reused: bool = False
     times: dict = field(default_factory=dict)
+    #: what the caller spent before the run: preflight, cluster start
+    setup: dict = field(default_factory=dict)
 
     @property
     def inv_marker(self) -> Path:
@@ -106,15 +108,18 @@ class Partitioned:
 
 def verify(cfg: VerifyConfig, client, log: Callable[[str], None] | None = print,
            progress: PROG.Progress | None = None,
-           prepared: tuple[str, S3Target] | None = None) -> dict:
+           prepared: tuple[str, S3Target] | None = None,
+           setup_timings: dict[str, float] | None = None) -> dict:
     """Run a whole verification on ``client``'s cluster; returns the summary dict.
 
     ``progress`` shows live counters per stage (pass its ``log`` method as ``log``
     so messages print above the live line); without it nothing is shown.
     ``prepared`` is what :func:`prepare` returned, when the caller checked the
-    settings before starting a cluster.
+    settings before starting a cluster; ``setup_timings`` what that and the cluster's
+    start cost (``preflight_s``, ``cluster_start_s``), kept in the summary's timings.
     """
     run = start(cfg, client, log, progress, prepared)
+    run.setup = dict(setup_timings or {})
     inv = inventory_stage(run)
     parts = partition_stage(run, inv)
     totals = reconcile_stage(run, parts)
@@ -170,9 +175,9 @@ def inventory_stage(run: Run) -> Spooled:
         run.lap("inventory")
         return inv
     window = INVSTAGE.inventory_window(run.workers)
-    # Small source files are hashed while the destination is still being listed (see
-    # inventory.prehash); only when nothing is carried from a previous run, in stored
-    # mode, and never past the listing's end.
+    # Small source files are hashed in walk order as the walk spools them (see
+    # inventory.prehash); only in stored mode, when nothing is carried from a previous
+    # run and no --max-open-files lease must be held.
     prehash = (cfg.prehash and cfg.mode == "stored" and run.prev_dir is None
                and not cfg.resume and not cfg.max_open_files)
     ctx = JobContext(
@@ -311,7 +316,7 @@ def write_outputs(run: Run, inv: Spooled, parts: Partitioned, totals: dict) -> d
         timings={"inventory_s": round(run.times["inventory"], 3),
                  "partition_s": round(run.times["partition"], 3),
                  "reconcile_s": round(run.times["reconcile"], 3),
-                 "total_s": round(time.monotonic() - run.t0, 3)},
+                 "total_s": round(time.monotonic() - run.t0, 3), **run.setup},
     )
     summary["inventory"].update(prehashed_files=inv.prehashed_files,
                                 prehashed_bytes=inv.prehashed_bytes)
@@ -331,11 +336,13 @@ def write_outputs(run: Run, inv: Spooled, parts: Partitioned, totals: dict) -> d
                               "units_reused": totals.get("units_reused", 0),
                               "units_computed": totals.get("units", 0)
                               - totals.get("units_reused", 0)}
+    t0 = time.monotonic()
     HTML.write_outputs(run.run_dir, summary)
     # the audit record comes last: it hashes every output, report.html included
     manifest = AUD.write_manifest(run.run_dir, previous=cfg.previous_run,
                                   cluster=AUD.describe_cluster(run.client))
-    run.say(f"report: {run.run_dir / 'report.html'}, audit manifest: {manifest}")
+    run.say(f"report: {run.run_dir / 'report.html'}, audit manifest: {manifest} "
+            f"({time.monotonic() - t0:.1f} s)")
     return summary
 
 

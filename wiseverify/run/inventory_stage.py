@@ -17,14 +17,14 @@ from wiseverify.report import progress as PROG
 
 
 def submit_windowed(client, pending: list, submit: Callable, window: int,
-                    on_result: Callable, speculative: list | None = None, spec_window: int = 0,
-                    on_main_done: Callable[[], None] | None = None) -> None:
+                    on_result: Callable, speculative: list | None = None,
+                    spec_window: int = 0) -> None:
     """Keep at most ``window`` tasks in flight; ``on_result`` may add more to ``pending``.
 
-    ``speculative`` jobs (which ``on_result`` may also add to) run at most
-    ``spec_window`` at a time and only while main jobs are still in flight: once
-    the main work is done, ``on_main_done`` is called, the speculative jobs not
-    yet started are dropped and the running ones are awaited.
+    ``speculative`` jobs (which ``on_result`` may also add to) take at most
+    ``spec_window`` threads while main jobs are in flight, so that they never
+    hold back the walk and the listing, and the whole ``window`` once the main
+    work is done: they are work a later stage would do anyway, done early.
     """
     from distributed import as_completed
 
@@ -38,7 +38,8 @@ def submit_windowed(client, pending: list, submit: Callable, window: int,
         while pending and inflight < window:
             ac.add(submit(pending.pop()))
             inflight += 1
-        while speculative and inflight and len(spec_keys) < spec_window:
+        limit = spec_window if inflight else window
+        while speculative and len(spec_keys) < limit:
             fut = submit(speculative.pop())
             spec_keys.add(fut.key)
             ac.add(fut)
@@ -52,11 +53,6 @@ def submit_windowed(client, pending: list, submit: Callable, window: int,
         on_result(fut.key, fut.result())
         fut.release()
         fill()
-        if not inflight and not pending and speculative is not None:
-            if on_main_done is not None:
-                on_main_done()
-                on_main_done = None
-            speculative.clear()
 
 
 def groups(spools: list[tuple[str, int]], max_rows: int) -> list[list[str]]:
@@ -99,8 +95,8 @@ def run_jobs(ctx: JobContext, jobs: list[Job], inv: Spooled | None = None,
              **submit_kwargs) -> Spooled:
     """Run ``jobs`` and every job their results call for; returns what was spooled.
 
-    Speculative jobs (prehashing) use at most ``spec_window`` threads and stop
-    when the last main job has returned.
+    Speculative jobs (prehashing) use at most ``spec_window`` threads while main
+    jobs run, and every thread after the last one returned.
     """
     inv = inv if inv is not None else Spooled()
     main = [j for j in jobs if not j.speculative]
@@ -120,8 +116,7 @@ def run_jobs(ctx: JobContext, jobs: list[Job], inv: Spooled | None = None,
         if on_result is not None:
             on_result(job, res)
 
-    submit_windowed(ctx.client, main, submit, ctx.window, done, spec, spec_window,
-                    ctx.stop_flag.touch)
+    submit_windowed(ctx.client, main, submit, ctx.window, done, spec, spec_window)
     return inv
 
 

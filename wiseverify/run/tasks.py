@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 
-# the config and its errors, where callers have always found them
+from wiseverify.core.runio import write_bytes
 from wiseverify.digest import hashing as D
 from wiseverify.inventory import partition as INV
 from wiseverify.reconcile import checkpoint as CHECKPOINT
@@ -30,13 +31,31 @@ def _known_for(prehash_dir: str, root: str, part: int) -> dict:
                                                  t["md5"], t["crc64nvme"], strict=True)}
 
 
-def _unit_job(ctx: R.Context, units: list, topic: str | None, part: int, i: int,
+@functools.lru_cache(maxsize=2)
+def _load_units(path: str, version: tuple[int, int, int]) -> list:
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _units(path: str) -> list:
+    """A partition's digest units, as its partition task wrote them (cached per process,
+    by the file's identity: a resumed run writes the file again)."""
+    st = os.stat(path)
+    return _load_units(path, (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+def _unit_job(ctx: R.Context, units_file: str, topic: str | None, part: int, i: int,
               prehash_dir: str | None = None) -> dict:
-    """One digest unit; publishes its files and bytes for the driver's progress line."""
+    """One digest unit; publishes its files and bytes for the driver's progress line.
+
+    The unit is read from the partition's units file, not passed as an argument: a
+    task's arguments stay in the scheduler (in the driver's process on a local
+    cluster) until the run ends, and a unit holds an object per file.
+    """
     known = _known_for(prehash_dir, ctx.root, part) if prehash_dir else None
+    unit = _units(units_file)[i]
     with D.known_digests(known):
-        res = CHECKPOINT.run_unit_checkpointed(ctx, units[0], part, i)
-    unit = units[0]
+        res = CHECKPOINT.run_unit_checkpointed(ctx, unit, part, i)
     PROG.unit_done(topic, files=sum(1 for r in unit.ranges if r.offset == 0),
                    nbytes=unit.nbytes)
     return res
@@ -57,11 +76,14 @@ def partition_job(ctx: R.Context, part: int, topic: str | None = None,
                    plan_bytes=sum(u.nbytes for u in units))
     if not units:
         return FINISH.finish_partition(ctx, plan)
+    units_file = CHECKPOINT.checkpoint_dir(ctx, part) / "_units.pkl"
+    units_file.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(units_file, pickle.dumps(units, protocol=pickle.HIGHEST_PROTOCOL))
     client = get_client()
     futs = [
-        client.submit(_unit_job, ctx, [u], topic, part, i, prehash_dir, pure=False,
+        client.submit(_unit_job, ctx, str(units_file), topic, part, i, prehash_dir, pure=False,
                       key=f"digest-p{part}-u{i}-{ctx.run_id}")
-        for i, u in enumerate(units)
+        for i in range(len(units))
     ]
     secede()
     try:
