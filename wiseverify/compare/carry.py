@@ -18,10 +18,12 @@ The carried row keeps ``evidence_run``, the run whose bytes were read.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from wiseverify.core import schema as S
@@ -73,8 +75,25 @@ def previous_partitions(prev: Path) -> int | None:
         return None
 
 
-def load_previous(prev: Path, part: int, keys: list[str]) -> dict[str, dict]:
-    """Previous rows for ``keys`` (the same partition number when the layout is the same)."""
+@dataclass
+class Carried:
+    """Rows whose previous verdict stands: ``mask`` over the matched partition, and
+    the :data:`EVIDENCE_COLUMNS` at full partition length (null outside ``mask``)."""
+
+    mask: np.ndarray
+    columns: dict[str, pa.Array]
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+
+def load_previous(prev: Path, part: int, keys: pa.Array) -> pa.Table:
+    """Previous rows for ``keys`` whose verdict can be carried (content evidence named).
+
+    The same partition's file when the layout is the same, else the keys looked up
+    in the whole previous table.
+    """
     f = prev / "reconciliation" / f"part-{part:05d}.parquet"
     cols = ["key", *{a for a, _ in SOURCE_FACTS}, *{a for a, _ in OBJECT_FACTS},
             *EVIDENCE_COLUMNS]
@@ -83,37 +102,50 @@ def load_previous(prev: Path, part: int, keys: list[str]) -> dict[str, dict]:
         table = ds.dataset(f).to_table(columns=cols)
     else:
         table = ds.dataset(prev / "reconciliation").to_table(
-            columns=cols, filter=ds.field("key").isin(pa.array(keys, pa.string())))
-    return {r["key"]: r for r in table.to_pylist()
-            if r["status"] in CARRIED_STATUSES and r["verified_by"] is not None}
+            columns=cols, filter=ds.field("key").isin(keys))
+    keep = pc.and_(pc.is_in(table.column("status"), value_set=pa.array(CARRIED_STATUSES)),
+                   pc.is_valid(table.column("verified_by")))
+    return table.filter(keep)
 
 
-def carry_over(m: pd.DataFrame, cand_idx: list[int], prev: dict[str, dict]) -> dict[int, dict]:
-    """``{row index: previous row}`` for the candidates whose two sides are unchanged."""
-    out: dict[int, dict] = {}
-    if not prev:
-        return out
-    for i in cand_idx:
-        key = m.at[i, "key"]
-        p = prev.get(key)
-        if p is None or m.at[i, "dst_rel"] != key:
-            continue
-        if all(_eq(m.at[i, mine], p[theirs]) for mine, theirs in SOURCE_FACTS + OBJECT_FACTS):
-            out[i] = p
-    return out
+def carry_over(mt, rows: np.ndarray, prev: pa.Table, allowed: np.ndarray | None = None
+               ) -> Carried | None:
+    """The open rows at ``rows`` whose two sides are unchanged since ``prev`` was written.
 
-
-def _eq(a, b) -> bool:
-    if a is None or b is None or (a is pd.NA) or (b is pd.NA):
-        return False
-    try:
-        if pd.isna(a) or pd.isna(b):
-            return False
-    except (TypeError, ValueError):
-        pass
-    if isinstance(a, int | float) or isinstance(b, int | float):
-        try:
-            return int(a) == int(b)
-        except (TypeError, ValueError):
-            return False
-    return str(a) == str(b)
+    A join on the key and a comparison of every fact, column by column: an
+    incremental dry run of 30 million keys carries nearly all of them, so no row
+    may cost a Python object.  A fact missing on either side is a change.  The key
+    must also be the object's name byte for byte (a Unicode-equivalent pair is
+    decided afresh).  ``allowed``: rows whose verdict may be carried at all (per
+    position; a verdict that did not compare metadata is not carried where it must
+    be compared, see ``metadata_checked``).
+    """
+    n = len(mt)
+    if not len(rows) or not prev.num_rows:
+        return None
+    sel = pa.array(rows, pa.int64())
+    facts = {mine for mine, _ in SOURCE_FACTS + OBJECT_FACTS}
+    mine = pa.table({"key": mt.column("key").take(sel), "_pos": sel,
+                     "_rel": mt.column("dst_rel").take(sel),
+                     **{f"_m_{c}": mt.column(c).take(sel) for c in facts}})
+    j = mine.join(prev, keys="key", join_type="inner")
+    if not j.num_rows:
+        return None
+    same = pc.equal(j.column("_rel"), j.column("key"))
+    for a, b in SOURCE_FACTS + OBJECT_FACTS:
+        same = pc.and_(same, pc.equal(j.column(f"_m_{a}"), j.column(b)))
+    ok = pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+    pos = j.column("_pos").to_numpy()
+    if allowed is not None:
+        ok &= allowed[pos] | pc.fill_null(j.column("metadata_checked"), False).to_numpy(
+            zero_copy_only=False)
+    if not ok.any():
+        return None
+    j = j.filter(pa.array(ok))
+    pos = j.column("_pos").to_numpy()
+    mask = np.zeros(n, bool)
+    mask[pos] = True
+    at = np.zeros(n, np.int64)
+    at[pos] = np.arange(len(pos))
+    take = pa.array(at, mask=~mask)  # null index: null value
+    return Carried(mask, {c: j.column(c).take(take) for c in EVIDENCE_COLUMNS})

@@ -6,6 +6,7 @@ spool files: the bucket's daily report replaces 30,000 listing round trips.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
-from wiseverify.core.s3 import S3Target, strip_etag
+from wiseverify.core.s3 import S3Target
 from wiseverify.inventory.sources import (
     IngestError,
     _check_md5,
@@ -148,71 +149,112 @@ def _inventory_batches(url: str, fmt: str, columns: tuple[str, ...] | None, md5:
                 yield t.rename_columns([_norm(c) for c in t.column_names])
 
 
-def _timestamps_ns(col: pa.ChunkedArray | None, n: int) -> list:
+def _timestamps_ns(col: pa.ChunkedArray | None, n: int) -> pa.Array:
     """LastModifiedDate as ns, computed like the listing does (``int(dt.timestamp() * 1e9)``).
 
     The same float arithmetic as the ListObjectsV2 path, so a run from an
     inventory and a run from a listing agree to the nanosecond.
     """
     if col is None:
-        return [None] * n
+        return pa.nulls(n, pa.int64())
     if not pa.types.is_timestamp(col.type):
         col = pc.cast(pc.if_else(pc.equal(col, ""), None, col), pa.timestamp("us", "UTC"))
     us = pc.cast(col, pa.timestamp("us", "UTC")).cast(pa.int64())
     valid = pc.is_valid(us).to_numpy(zero_copy_only=False)
-    vals = us.fill_null(0).to_numpy().astype(np.float64) / 1e6 * 1e9
-    out = vals.astype(np.int64).tolist()
-    return [v if ok else None for v, ok in zip(out, valid, strict=True)]
+    vals = (us.fill_null(0).to_numpy().astype(np.float64) / 1e6 * 1e9).astype(np.int64)
+    return pa.array(vals, pa.int64(), mask=~valid)
 
 
-def _truthy(v) -> bool:
-    return v is True or (isinstance(v, str) and v.strip().lower() == "true")
+def _truthy(col) -> pa.Array:
+    """``true`` as a bool column or as text (any case, spaces around); null is false."""
+    if pa.types.is_boolean(col.type):
+        return pc.fill_null(col, False)
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(col, pa.string())))
+    return pc.fill_null(pc.equal(text, "true"), False)
+
+
+def _empty_null(col) -> pa.Array:
+    col = pc.cast(col, pa.string())
+    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+
+
+def _unquote_keys(keys: pa.Array) -> pa.Array:
+    """``urllib.parse.unquote_plus`` of every key, column-wise where it can be.
+
+    '+' is a space and ``%2F`` a slash; a key with any other escape goes through
+    ``unquote_plus`` itself, so every key decodes exactly as before.
+    """
+    k = pc.replace_substring_regex(pc.replace_substring(keys, "+", " "), "%2[Ff]", "/")
+    other = pc.fill_null(pc.match_substring(k, "%"), False).to_numpy(zero_copy_only=False)
+    if other.any():
+        at = np.flatnonzero(other)
+        raw = keys.take(pa.array(at)).to_pylist()
+        k = pc.replace_with_mask(k, pa.array(other),
+                                 pa.array([unquote_plus(x) for x in raw], pa.string()))
+    return k
 
 
 def _dest_table(t: pa.Table, fmt: str, target: S3Target, stats: dict) -> pa.Table:
-    """DEST_INVENTORY rows of one inventory batch: this bucket, under the prefix, current."""
+    """DEST_INVENTORY rows of one inventory batch: this bucket, under the prefix, current.
+
+    Column by column: an inventory of 30 million objects is read by a few dozen
+    tasks, and a Python object per row cost 12 us of each task's time.
+    """
     n = t.num_rows
+    t = t.combine_chunks()
 
-    def col(name: str) -> list:
-        return t.column(name).to_pylist() if name in t.column_names else [None] * n
+    def col(name: str, typ: pa.DataType | None = None):
+        if name in t.column_names and t.column(name).num_chunks:
+            return t.column(name).chunk(0)
+        return pa.nulls(n, typ or pa.string())
 
-    buckets, raw_keys = col("bucket"), col("key")
-    sizes, etags, classes = col("size"), col("etag"), col("storageclass")
-    algos, latest, deleted = col("checksumalgorithm"), col("islatest"), col("isdeletemarker")
-    lms = _timestamps_ns(t.column("lastmodifieddate") if "lastmodifieddate" in t.column_names
-                         else None, n)
-    plen = len(target.prefix)
-    out: dict[str, list] = {f.name: [] for f in S.DEST_INVENTORY}
-    for i in range(n):
-        if buckets[i] not in (None, "", target.bucket):
-            stats["inventory_other_bucket"] += 1
-            continue
-        key = raw_keys[i] or ""
-        if fmt == "CSV":  # CSV keys are URL-encoded; Parquet and ORC keys are not
-            key = unquote_plus(key)
-        if not key.startswith(target.prefix):
-            stats["inventory_outside_prefix"] += 1
-            continue
-        if _truthy(deleted[i]) or (latest[i] is not None and latest[i] != ""
-                                   and not _truthy(latest[i])):
-            stats["inventory_not_current"] += 1
-            continue
-        size = sizes[i]
-        size = int(size) if size not in (None, "") else None
-        if key.endswith("/") and not size:
-            stats["markers"] += 1
-            continue
-        rel = key[plen:]
-        out["key"].append(rel)
-        out["nkey"].append(K.nfc(rel))
-        out["size"].append(size)
-        out["etag"].append(strip_etag(etags[i]) or None)
-        out["last_modified_ns"].append(lms[i])
-        out["storage_class"].append(classes[i] or None)
-        out["checksum_algorithm"].append(algos[i] or None)
-        out["checksum_type"].append(None)  # not in S3 Inventory
-        stats["bytes"] += size or 0
-    return pa.table(out, schema=S.DEST_INVENTORY)
+    bucket = pc.cast(col("bucket"), pa.string())
+    other = pc.fill_null(pc.and_(pc.not_equal(bucket, ""), pc.not_equal(bucket, target.bucket)),
+                         False)
+    key = pc.fill_null(pc.cast(col("key"), pa.string()), "")
+    if fmt == "CSV":  # CSV keys are URL-encoded; Parquet and ORC keys are not
+        key = _unquote_keys(key)
+    inside = pc.starts_with(key, target.prefix) if target.prefix else pa.array(np.ones(n, bool))
+    latest = col("islatest")
+    latest_set = pc.is_valid(latest) if pa.types.is_boolean(latest.type) else pc.fill_null(
+        pc.not_equal(pc.cast(latest, pa.string()), ""), False)
+    stale = pc.or_(_truthy(col("isdeletemarker")),
+                   pc.and_(latest_set, pc.invert(_truthy(latest))))
+    size_col = col("size", pa.int64())
+    size = size_col if pa.types.is_integer(size_col.type) else pc.cast(
+        _empty_null(size_col), pa.int64())
+    marker = pc.and_(pc.ends_with(key, "/"), pc.fill_null(pc.equal(size, 0), True))
+    m_other = other.to_numpy(zero_copy_only=False)
+    m_out = ~m_other & ~inside.to_numpy(zero_copy_only=False)
+    m_stale = ~m_other & ~m_out & stale.to_numpy(zero_copy_only=False)
+    m_marker = ~m_other & ~m_out & ~m_stale & marker.to_numpy(zero_copy_only=False)
+    keep = ~(m_other | m_out | m_stale | m_marker)
+    stats["inventory_other_bucket"] += int(m_other.sum())
+    stats["inventory_outside_prefix"] += int(m_out.sum())
+    stats["inventory_not_current"] += int(m_stale.sum())
+    stats["markers"] += int(m_marker.sum())
+    sel = pa.array(keep)
+    key = key.filter(sel)
+    rel = pc.replace_substring_regex(key, "^" + re.escape(target.prefix), "",
+                                     max_replacements=1) if target.prefix else key
+    ascii_ = pc.string_is_ascii(rel).to_numpy(zero_copy_only=False)
+    nkey = rel
+    if not ascii_.all():
+        at = np.flatnonzero(~ascii_)
+        nkey = pc.replace_with_mask(rel, pa.array(~ascii_), pa.array(
+            [K.nfc(x) for x in rel.take(pa.array(at)).to_pylist()], pa.string()))
+    size = size.filter(sel)
+    etag = _empty_null(pc.utf8_trim(pc.utf8_trim_whitespace(
+        pc.cast(col("etag"), pa.string())), '"')).filter(sel)
+    lms = _timestamps_ns(col("lastmodifieddate") if "lastmodifieddate" in t.column_names
+                         else None, n).filter(sel)
+    stats["bytes"] += int(pc.sum(size).as_py() or 0)
+    k = len(rel)
+    out = {"key": rel, "nkey": nkey, "size": size, "etag": etag, "last_modified_ns": lms,
+           "storage_class": _empty_null(col("storageclass")).filter(sel),
+           "checksum_algorithm": _empty_null(col("checksumalgorithm")).filter(sel),
+           "checksum_type": pa.nulls(k, pa.string())}  # not in S3 Inventory
+    return pa.table([out[f.name] for f in S.DEST_INVENTORY], schema=S.DEST_INVENTORY)
 
 
 def ingest_inventory_file(url: str, fmt: str, columns: tuple[str, ...] | None, md5: str | None,

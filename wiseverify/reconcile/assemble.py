@@ -181,6 +181,12 @@ def assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
         "partition": pa.array(np.full(n, plan["part"], np.int32)),
         "evidence_run": pa.array([ctx.run_id], pa.string()).take(pa.array(np.zeros(n, np.int64))),
     }
+    carried = plan.get("carried")
+    if carried is not None:  # unchanged on both sides since the previous run: its evidence
+        at = pa.array(carried.mask)
+        for c, v in carried.columns.items():
+            cols[c] = pc.if_else(at, v, cols[c])
+        cols["bytes_read_src"] = pc.if_else(at, pa.scalar(0, pa.int64()), cols["bytes_read_src"])
     table = pa.table(cols, schema=S.RECONCILIATION)
     if not rows.num_rows:
         return table

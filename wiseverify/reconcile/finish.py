@@ -14,7 +14,6 @@ from collections import defaultdict
 
 import pandas as pd
 
-from wiseverify.compare import carry as C
 from wiseverify.compare import metascope as MS
 from wiseverify.compare.evidence import (
     Evidence,
@@ -122,14 +121,6 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     out["evidence_run"] = [ctx.run_id] * n
     sse_check: list[int] = []
     meta_head = plan.get("meta_head")
-
-    # unchanged on both sides since the previous run: its evidence stands
-    for i, prow in plan.get("carried", {}).items():
-        status[i], detail[i] = prow["status"], prow["detail"]
-        for c in C.EVIDENCE_COLUMNS:
-            if c not in ("status", "detail"):
-                out[c][i] = prow[c]
-        out["bytes_read_src"][i] = 0
 
     for i, ev in evidence.items():
         out["dst_parts"][i] = ev.parts
@@ -246,7 +237,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     stage_s.update(finish=t0 - started, assemble=t1 - t0, write=t2 - t1)
     return summarize(table) | {
         "requests": plan.get("requests", 0),
-        "carried": len(plan.get("carried", {})),
+        "carried": plan["carried"].count if plan.get("carried") is not None else 0,
         "units": len(unit_results),
         "units_reused": sum(1 for r in unit_results if r.get("reused")),
         "open_intervals": [r["open_interval"] for r in unit_results if r.get("open_interval")],

@@ -156,19 +156,14 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
                      open_pos, len(mt), ctx.metadata, ctx.mode, ctx.metadata_decision,
                      ctx.head_concurrency)
     lap("metadata")
-    carried_at: dict[int, dict] = {}
+    carried = None
     if ctx.previous_run and len(open_pos):
-        m_open = mt.frame(open_pos)
-        prev = C.load_previous(Path(ctx.previous_run), part, m_open["key"].tolist())
+        prev = C.load_previous(Path(ctx.previous_run), part,
+                               mt.column("key").take(pa.array(open_pos, pa.int64())))
         # a verdict that did not compare metadata is not carried where it must be compared
-        carried_at = {int(open_pos[i]): p for i, p in
-                      C.carry_over(m_open, list(range(len(open_pos))), prev).items()
-                      if p["metadata_checked"] or not scope.head[open_pos[i]]}
-        if carried_at:
-            still = np.zeros(len(mt), bool)
-            still[open_pos] = True
-            still[np.fromiter(carried_at, np.int64)] = False
-            open_pos = np.flatnonzero(still)
+        carried = C.carry_over(mt, open_pos, prev, allowed=~scope.head)
+        if carried is not None:
+            open_pos = open_pos[~carried.mask[open_pos]]
         lap("carry")
     settled = SETTLE.settle(mt, open_pos[~scope.head[open_pos]], run_dir=ctx.run_dir,
                             part=part, mode=ctx.mode,
@@ -177,10 +172,9 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
     if settled is not None:
         open_pos = open_pos[~settled.mask[open_pos]]
     lap("settle")
-    positions = np.sort(np.concatenate([open_pos, np.fromiter(carried_at, np.int64)]))
+    positions = np.sort(open_pos)
     m = mt.frame(positions)
     local = {int(p): i for i, p in enumerate(positions)}
-    carried = {local[p]: prow for p, prow in carried_at.items()}
     cand_idx = [local[int(p)] for p in open_pos]
     cand_rows = row_dicts(m, cand_idx)
     if ctx.mode == "stored":  # entries of a --checksum-report, read for this partition only
