@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for li, per_dir in enumerate(layouts):
             here = base / f"layout-{per_dir}"
+            here.mkdir(parents=True, exist_ok=True)
             with LocalS3(log_path=str(here / "moto.log")) as s3:
                 fx = build_fixture(here / "source", s3, args.files, args.multipart,
                                    args.threads, per_dir)
