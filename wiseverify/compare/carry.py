@@ -18,7 +18,6 @@ The carried row keeps ``evidence_run``, the run whose bytes were read.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from wiseverify.core import schema as S
+from wiseverify.core.columns import Decided
 
 CARRIED_STATUSES = (S.MATCH, S.CONTENT_MISMATCH, S.METADATA_MISMATCH)
 SOURCE_FACTS = (("src_size", "src_size"), ("src_mtime_ns", "src_mtime_ns"),
@@ -75,17 +75,8 @@ def previous_partitions(prev: Path) -> int | None:
         return None
 
 
-@dataclass
-class Carried:
-    """Rows whose previous verdict stands: ``mask`` over the matched partition, and
-    the :data:`EVIDENCE_COLUMNS` at full partition length (null outside ``mask``)."""
-
-    mask: np.ndarray
-    columns: dict[str, pa.Array]
-
-    @property
-    def count(self) -> int:
-        return int(self.mask.sum())
+#: rows whose previous verdict stands (:data:`EVIDENCE_COLUMNS` in ``columns``)
+Carried = Decided
 
 
 def load_previous(prev: Path, part: int, keys: pa.Array) -> pa.Table:

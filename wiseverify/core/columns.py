@@ -6,6 +6,8 @@ gather per column costs less than a ``bytes.hex()`` per row by two orders.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,3 +69,20 @@ def b64_rows(raw: np.ndarray) -> pa.Array:
     if pad:
         out[:, -pad:] = ord("=")
     return _strings(out)
+
+
+@dataclass
+class Decided:
+    """Rows of a matched partition decided in bulk: ``mask`` over the partition, and
+    their columns at full partition length (null outside ``mask``).
+
+    What settling (``reconcile.settle``) and carrying a previous verdict
+    (``compare.carry``) both hand to the table's assembly.
+    """
+
+    mask: np.ndarray
+    columns: dict[str, pa.Array | pa.ChunkedArray]
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())

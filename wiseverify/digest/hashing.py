@@ -34,6 +34,7 @@ from wiseverify.digest.units import BUFFER_SIZE, RangeTask, Spec, Unit
 
 if TYPE_CHECKING:
     from wiseverify.digest.getrange import RangeGetter
+
 _local = threading.local()
 
 

@@ -7,14 +7,10 @@ A unit is a list of files (or byte ranges of one large file) of about
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from wiseverify.core.checksums import (
     COMBINABLE,
 )
-
-if TYPE_CHECKING:
-    pass
 
 # 1 MiB: each read lands in the core's L2 cache and every digest then hashes it
 # from there. With 8 MiB the buffer spills to L3/DRAM and read + CRC64NVME from

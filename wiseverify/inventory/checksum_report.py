@@ -44,11 +44,6 @@ from wiseverify.inventory.sources import (
     _spool_tables,
 )
 
-if TYPE_CHECKING:
-
-    pass
-
-
 # --- 3. evidence: an S3 Batch Operations compute-checksum completion report -----------------
 
 

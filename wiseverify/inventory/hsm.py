@@ -15,6 +15,9 @@ import re
 import shutil
 import subprocess
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 _LINE = re.compile(rb"^(?P<path>.*): \((?P<flags>0x[0-9a-fA-F]+)\)(?P<states>[^,]*)")
 BATCH = 256
 
@@ -23,11 +26,14 @@ def lfs_path() -> str | None:
     return shutil.which("lfs")
 
 
-def may_be_released(size: int, blocks: int | None) -> bool:
-    """True when the file's blocks cannot hold its data (released, or sparse)."""
-    if size <= 0 or blocks is None:
-        return False
-    return blocks * 512 < size
+def may_be_released(size: pa.Array, blocks: pa.Array) -> pa.Array:
+    """Per row: the file's blocks cannot hold its data (released, or sparse).
+
+    False where the size is 0 or a fact is missing.  Column-wise: the prehash of
+    small files and the partition's HSM check both ask it of every row.
+    """
+    return pc.fill_null(pc.and_(pc.greater(size, 0), pc.less(pc.multiply(blocks, 512), size)),
+                        False)
 
 
 def released(paths: list[bytes], lfs: str | None = None, timeout: float = 120) -> dict[bytes, str]:

@@ -52,6 +52,9 @@ class JobContext:
     #: source rows per prehash job; 0: small files are not hashed during the listing
     prehash_rows: int = 0
     head_min_size: int = 4 << 20
+    #: more arguments of every walk task (``threads``, ``split_entries``, ``stat_delay_us``:
+    #: the walk benchmark's knobs)
+    walk_kwargs: dict = field(default_factory=dict)
 
     def spool_base(self, kind: str, n: int) -> str:
         return str(self.spool / f"{kind}-{n:08d}")
@@ -131,7 +134,7 @@ class WalkJob(Job):
     dirs: list
     kind: ClassVar[str] = "walk"
 
-    def submit(self, ctx: JobContext, n: int, **walk_kwargs) -> Future:
+    def submit(self, ctx: JobContext, n: int) -> Future:
         # the task that starts at the root returns after a few thousand entries with
         # the rest of the tree pending, so every worker walks within milliseconds
         budget = ctx.walk_budget
@@ -140,7 +143,7 @@ class WalkJob(Job):
         return ctx.client.submit(WALK.walk_dirs, ctx.root, self.dirs,
                                  ctx.spool_base("src", n) + ".arrow", ctx.target.prefix, budget,
                                  ctx.ops_per_task, pure=False, key=ctx.key("walk", n),
-                                 **walk_kwargs)
+                                 **ctx.walk_kwargs)
 
     def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
         more = tally_source(res, ctx, inv)

@@ -18,14 +18,10 @@ from wiseverify.core import keys as K
 from wiseverify.core import schema as S
 from wiseverify.core.runio import write_atomic
 from wiseverify.inventory.jobs import Job, JobContext, Spooled, tally_ingest, tally_source
-
-if TYPE_CHECKING:
-    from distributed import Future
 from wiseverify.inventory.sources import IngestError
 
 if TYPE_CHECKING:
-
-    pass
+    from distributed import Future
 
 #: the -printf directives of a listing when --listing-format is not given
 DEFAULT_LISTING_FORMAT = "%s %T@ %U %G %m %y %b %p"

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from wiseverify.core import schema as S
 from wiseverify.core.runio import write_atomic
 from wiseverify.digest.hashing import prehash_files
+from wiseverify.inventory import hsm
 from wiseverify.inventory.spool import read_spool
 
 
@@ -51,14 +52,11 @@ def _prehash_spool(root: str, spool: str, start: int, count: int, out: str,
             "name_problem"]
     t = read_spool(spool, columns=cols).slice(start, count)
     size = pc.fill_null(t.column("size"), -1)
-    blocks = t.column("blocks")
-    released = pc.and_kleene(pc.greater(size, 0),
-                             pc.less(pc.multiply(blocks, 512), size))  # hsm.may_be_released
     keep = pc.and_(pc.and_(pc.equal(t.column("kind"), S.KIND_FILE),
                            pc.and_(pc.is_null(t.column("error")),
                                    pc.is_null(t.column("name_problem")))),
                    pc.and_(pc.and_(pc.greater_equal(size, 0), pc.less(size, max_size)),
-                           pc.invert(pc.fill_null(released, False))))
+                           pc.invert(hsm.may_be_released(size, t.column("blocks")))))
     t = t.filter(keep)
     if not t.num_rows:
         return {"side": "pre", "files": 0, "bytes": 0, "spool": None}

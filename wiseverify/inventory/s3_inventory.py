@@ -39,11 +39,6 @@ from wiseverify.inventory.sources import (
     _spool_tables,
 )
 
-if TYPE_CHECKING:
-
-    pass
-
-
 # --- 2. destination: an S3 Inventory report ---------------------------------------------------
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from wiseverify.compare import carry as C
 from wiseverify.compare import metascope as MS
@@ -223,10 +222,7 @@ def _skip_released(ctx: Context, mt: Matched) -> None:
         return
     cand = np.flatnonzero(mt.open)
     t = mt.rows(["key_bytes", "src_size", "src_blocks"], cand)
-    size = pc.fill_null(t.column("src_size"), 0).to_numpy()
-    blocks = t.column("src_blocks")
-    maybe = pc.fill_null(pc.and_(pc.greater(t.column("src_size"), 0),
-                                 pc.less(pc.multiply(blocks, 512), size)), False)
+    maybe = hsm.may_be_released(t.column("src_size"), t.column("src_blocks"))
     rows = np.flatnonzero(maybe.to_numpy(zero_copy_only=False))
     paths = {ctx.source_path(kb): int(cand[r]) for r, kb in
              zip(rows, t.column("key_bytes").take(pa.array(rows)).to_pylist(), strict=True)}

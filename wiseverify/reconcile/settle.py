@@ -26,7 +26,6 @@ below the HEAD threshold and never split, so both give the same row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import pyarrow.compute as pc
 
 from wiseverify.compare.match import Matched
 from wiseverify.core import schema as S
-from wiseverify.core.columns import b64_rows, hex_rows, with_validity
+from wiseverify.core.columns import Decided, b64_rows, hex_rows, with_validity
 from wiseverify.core.rules import (
     ALGO_COST,
     ETAG_COUNT_PATTERN,
@@ -151,20 +150,8 @@ def report_choice(run_dir: str, part: int, dst_rel: pa.Array, etag: pa.Array,
 # --- settling ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Settled:
-    """Rows decided in bulk: ``mask`` over the matched partition, and their columns.
-
-    ``columns`` holds every name of :data:`COLUMNS` at full partition length,
-    null outside ``mask``.
-    """
-
-    mask: np.ndarray
-    columns: dict[str, pa.Array | pa.ChunkedArray]
-
-    @property
-    def count(self) -> int:
-        return int(self.mask.sum())
+#: rows decided with no request and no read (:data:`COLUMNS` in ``columns``)
+Settled = Decided
 
 
 def _null(typ: pa.DataType) -> pa.Scalar:

@@ -211,13 +211,13 @@ def partition_stage(run: Run, inv: Spooled) -> Partitioned:
     cfg, client = run.cfg, run.client
     if run.inv_reused:
         nparts = json.loads(run.inv_marker.read_text())["partitions"]
-    elif run.prev_dir is not None and not cfg.partitions:
-        # the previous run's layout: each partition then reads one previous file
-        nparts = C.previous_partitions(run.prev_dir) or partition_count(
-            cfg, max(inv.stats["src_rows"], inv.stats["dst_rows"]), len(run.workers))
     else:
-        nparts = partition_count(cfg, max(inv.stats["src_rows"], inv.stats["dst_rows"]),
-                                 len(run.workers))
+        # an incremental run keeps the previous run's layout: each partition then reads
+        # one previous file
+        prev = (C.previous_partitions(run.prev_dir)
+                if run.prev_dir is not None and not cfg.partitions else None)
+        nparts = prev or partition_count(cfg, max(inv.stats["src_rows"], inv.stats["dst_rows"]),
+                                         len(run.workers))
     # --metadata auto: the destination's metadata sample is drawn as its listing is compacted
     sample_k = MS.SAMPLE_PER_PREFIX if cfg.metadata == "auto" and cfg.mode == "stored" else 0
     inv_dir = run.run_dir / "inventory"

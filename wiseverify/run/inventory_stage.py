@@ -91,8 +91,8 @@ def walk_ops_per_task(max_metadata_ops: float | None, window: int, workers: int)
 
 
 def run_jobs(ctx: JobContext, jobs: list[Job], inv: Spooled | None = None,
-             spec_window: int = 0, on_result: Callable[[Job, dict], None] | None = None,
-             **submit_kwargs) -> Spooled:
+             spec_window: int = 0, on_result: Callable[[Job, dict], None] | None = None
+             ) -> Spooled:
     """Run ``jobs`` and every job their results call for; returns what was spooled.
 
     Speculative jobs (prehashing) use at most ``spec_window`` threads while main
@@ -105,7 +105,7 @@ def run_jobs(ctx: JobContext, jobs: list[Job], inv: Spooled | None = None,
     by_key: dict[str, Job] = {}
 
     def submit(job: Job):
-        fut = job.submit(ctx, next(seq), **(submit_kwargs if isinstance(job, WalkJob) else {}))
+        fut = job.submit(ctx, next(seq))
         by_key[fut.key] = job
         return fut
 
@@ -162,7 +162,8 @@ def walk_source(client, root: str, spool_dir: str, prefix: str = "", budget: int
     window = window or inventory_window(workers)
     ctx = _context(client, root, S3Target("", prefix), spool_dir, window,
                    walk_budget=budget,
-                   ops_per_task=walk_ops_per_task(max_metadata_ops, window, len(workers)))
+                   ops_per_task=walk_ops_per_task(max_metadata_ops, window, len(workers)),
+                   walk_kwargs=walk_kwargs)
     out = {"count": 0, "dirs": 0, "ops": 0, "bytes": 0, "tasks": 0, "max_threads": 0}
 
     def count(job: Job, res: dict) -> None:
@@ -171,7 +172,7 @@ def walk_source(client, root: str, spool_dir: str, prefix: str = "", budget: int
         out["tasks"] += 1
         out["max_threads"] = max(out["max_threads"], res.get("threads", 1))
 
-    inv = run_jobs(ctx, [WalkJob([b""])], on_result=count, **walk_kwargs)
+    inv = run_jobs(ctx, [WalkJob([b""])], on_result=count)
     return {**out, "spools": inv.src}
 
 
