@@ -75,6 +75,58 @@ def test_rebuilt_multipart_etag_equals_endpoint(tmp_path, s3, bucket, part_size)
     assert CHECKSUMS.multipart_etag(parts) != etag
 
 
+@pytest.mark.parametrize("part_size", [5 * MiB, 8 * MiB])
+@pytest.mark.parametrize("kernel", ["avx2x2", "avx2", "scalar", "hashlib"])
+def test_parts_in_lanes_give_the_endpoints_etag(tmp_path, s3, bucket, part_size, kernel,
+                                                monkeypatch):
+    """Every part of a range its own MD5 stream, side by side in lanes; CRCs folded per part."""
+    from wiseverify.core import md5lanes
+
+    monkeypatch.setenv(md5lanes.ENV_KERNEL, kernel)
+    assert md5lanes.kernel() == kernel  # this machine runs every one of these
+    path, data = _file(tmp_path, 19 * part_size + 4097, seed=part_size + 1)
+    etag = put_multipart(s3.client(), bucket, f"lanes-{kernel}.bin", data, part_size)
+    offsets = tuple(range(0, len(data), part_size))
+    spec = D.Spec(whole=("crc64nvme",), parts=("md5", "crc32c"), part_offsets=offsets)
+    # one range of all 20 parts (more than a lane group), and ranges of 3 parts
+    for range_bytes in (len(data), 3 * part_size):
+        ranges, res = _hash_in_ranges(path, data, spec, range_bytes)
+        assert res["error"] is None and res["bytes"] == len(data)
+        assert CHECKSUMS.multipart_etag(res["parts"]["md5"]) == etag
+        assert res["crc"]["crc64nvme"] == checksums.crc64nvme(data)
+        assert res["parts"]["crc32c"] == [checksums.crc32c(data[o:o + part_size])
+                                          for o in offsets]
+
+
+def test_small_files_batched_in_lanes_keep_every_rule(tmp_path, monkeypatch):
+    """run_unit's batch of small files: same digests and the same error rows as one by one."""
+    from wiseverify.core import md5lanes
+
+    monkeypatch.setenv(md5lanes.ENV_KERNEL, "avx2x2")
+    rnd = random.Random(4)
+    items, datas = [], []
+    for i in range(300):
+        data = rnd.randbytes(rnd.choice([0, 1, 63, 64, 65, 1000, 70_000]))
+        p = tmp_path / f"s{i}"
+        p.write_bytes(data)
+        spec = D.Spec(whole=("md5", "crc64nvme") if i % 2 else ("md5", "sha256"))
+        items.append(D.FileItem(idx=i, path=str(p), size=len(data),
+                                mtime_ns=p.stat().st_mtime_ns, spec=spec))
+        datas.append(data)
+    (tmp_path / "s7").unlink()  # vanished
+    os.truncate(tmp_path / "s9", 0)  # changed since listing
+    items[9] = D.FileItem(idx=9, path=items[9].path, size=len(datas[9]) or 1,
+                          mtime_ns=items[9].mtime_ns, spec=items[9].spec)
+    ranges = [D.RangeTask(it, 0, it.size) for it in items]
+    got = HASHING.hash_source_ranges(ranges)
+    monkeypatch.setenv(md5lanes.ENV_KERNEL, "hashlib")
+    assert got == [HASHING.hash_source_range(r) for r in ranges]
+    assert got[7]["error"] == "cannot open: vanished since listing"
+    assert got[9]["error"].startswith("changed since listing")
+    for i in (1, 2, 299):
+        assert got[i]["hash"]["md5"] == hashlib.md5(datas[i]).digest()
+
+
 def test_composite_sha256_equals_endpoint(tmp_path, s3, bucket):
     path, data = _file(tmp_path, 2 * 5 * MiB + 99, seed=9)
     client = s3.client(checksums=True)

@@ -25,6 +25,10 @@ def _err(msg: str) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from wiseverify.deploy.cluster import prestart_local_workers
+
+    if not args.scheduler and args.cluster == "local":
+        prestart_local_workers()  # before the heavy imports below, which it overlaps
     from wiseverify.core.config import VerifyConfig
     from wiseverify.core.errors import ConfigError
     from wiseverify.core.options import config_from_args

@@ -16,7 +16,6 @@ list of ``(file, offset, length)`` ranges and returns plain dicts that
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat as statmod
 import threading
@@ -29,6 +28,7 @@ from wiseverify.core.checksums import (
     CRC_FUNCS,
     HASH_FUNCS,
 )
+from wiseverify.core.md5lanes import md5_many, new_lanes
 from wiseverify.core.units import open_noatime
 from wiseverify.digest.units import BUFFER_SIZE, RangeTask, Spec, Unit
 
@@ -126,6 +126,11 @@ class StreamHasher:
 #: the digests hashed ahead of time (evidence.plan_one's spec for an ETag-MD5 object)
 PREHASH_SPEC = Spec(whole=("md5", "crc64nvme"))
 
+#: small files whose MD5s are taken together, in lanes: at most this many, or this many
+#: bytes, held at once
+SMALL_BATCH_FILES = 256
+SMALL_BATCH_BYTES = 16 << 20
+
 #: (size, mtime_ns, md5 digest, crc64nvme) of one file, keyed by its absolute path
 Known = Mapping[bytes, tuple[int, int, bytes, int]]
 
@@ -174,14 +179,26 @@ def prehash_files(files: Iterable[tuple[bytes, int, int]],
     The small-file loop of the tool, so it is written for the cost per file: the
     same rules as :func:`hash_source_range` (no atime, a FIFO swapped in is never
     waited on, size and mtime checked before and after the read, one read per
-    byte), with one ``pread`` of the whole file and no object per file.  About
+    byte), with one ``pread`` of the whole file and no object per file.  The
+    MD5s of a batch of files are taken together, in SIMD lanes.  About
     16 us per 1 KiB file from the page cache on this machine, against 35 us
     through the general range path and 19 us for ``md5sum``.
     """
-    out = []
-    md5, crc, fstat, pread, close = hashlib.md5, CRC_FUNCS["crc64nvme"], os.fstat, os.pread, \
-        os.close
+    out: list = []
+    crc, fstat, pread, close = CRC_FUNCS["crc64nvme"], os.fstat, os.pread, os.close
     is_reg = statmod.S_ISREG
+    pending: list = []  # (path, size, mtime_ns, crc) of files read, MD5 not yet taken
+    datas: list[bytes] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal held
+        for (path, size, mtime_ns, c), digest in zip(pending, md5_many(datas), strict=True):
+            out.append((path, size, mtime_ns, digest, c))
+        pending.clear()
+        datas.clear()
+        held = 0
+
     for n, (path, size, mtime_ns) in enumerate(files):
         if stop is not None and n % 32 == 0 and stop():
             break
@@ -205,7 +222,12 @@ def prehash_files(files: Iterable[tuple[bytes, int, int]],
             continue
         finally:
             close(fd)
-        out.append((path, size, mtime_ns, md5(data).digest(), crc(data)))
+        pending.append((path, size, mtime_ns, crc(data)))
+        datas.append(data)
+        held += size
+        if len(datas) >= SMALL_BATCH_FILES or held >= SMALL_BATCH_BYTES:
+            flush()
+    flush()
     return out
 
 
@@ -233,6 +255,76 @@ def hash_source_range(r: RangeTask) -> dict:
     known = _from_known(r)
     if known is not None:
         return known
+    return _with_source(r, _read_range)
+
+
+def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
+    """:func:`hash_source_range` of every range, in order, small whole files in batches.
+
+    A small file (one buffer or less, no parts) whose evidence includes its MD5
+    is read whole and its MD5 taken together with those of the next files, in
+    SIMD lanes (:mod:`wiseverify.core.md5lanes`); the rules and error texts are
+    those of :func:`hash_source_range`.
+    """
+    out: list = [None] * len(ranges)
+    batch: list[int] = []
+    datas: list = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal held
+        for i, digest in zip(batch, md5_many(datas), strict=True):
+            out[i]["hash"]["md5"] = digest
+        batch.clear()
+        datas.clear()
+        held = 0
+
+    def read_whole(fd: int, r: RangeTask, res: dict) -> dict | None:
+        data = os.pread(fd, r.length, 0) if r.length else b""
+        if len(data) != r.length:
+            res["error"] = f"file shrank while hashing (EOF at {len(data)} of {r.item.size})"
+            return None
+        res["bytes"] = r.length
+        spec = r.item.spec
+        hashes = {a: HASH_FUNCS[a](data).digest() for a in spec.whole
+                  if a not in COMBINABLE and a != "md5"}
+        datas.append(data)
+        return {"crc": {a: CRC_FUNCS[a](data) for a in spec.whole if a in COMBINABLE},
+                "hash": hashes, "parts": {}}
+
+    for i, r in enumerate(ranges):
+        known = _from_known(r)
+        if known is not None:
+            out[i] = known
+            continue
+        item = r.item
+        if not (r.offset == 0 and r.length == item.size <= BUFFER_SIZE and not item.spec.parts
+                and "md5" in item.spec.whole):
+            out[i] = _with_source(r, _read_range)
+            continue
+        n_before = len(datas)
+        out[i] = _with_source(r, read_whole)
+        if len(datas) == n_before:  # an error: nothing to hash
+            continue
+        if out[i]["error"]:  # read, then found changed: its bytes are not hashed
+            datas.pop()
+            continue
+        batch.append(i)
+        held += r.length
+        if len(batch) >= SMALL_BATCH_FILES or held >= SMALL_BATCH_BYTES:
+            flush()
+    if batch:
+        flush()
+    return out
+
+
+def _with_source(r: RangeTask, body: Callable[[int, RangeTask, dict], dict | None]) -> dict:
+    """Open the range's file by the rules, run ``body(fd, r, out)``, check it again after.
+
+    The rules: no atime, never blocking on a FIFO swapped in, a regular file of
+    the listed size and mtime before the read and still after it.  ``body``
+    returns the digests, or None after setting ``out["error"]``.
+    """
     item = r.item
     out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
                  "bytes": 0}
@@ -253,17 +345,9 @@ def hash_source_range(r: RangeTask) -> dict:
                 f"mtime_ns {item.mtime_ns} -> {st.st_mtime_ns})"
             )
             return out
-        h = StreamHasher(item.spec, r.offset)
-        buf = _buffer()
-        pos, end = r.offset, r.offset + r.length
-        while pos < end:
-            n = os.preadv(fd, [buf[: min(BUFFER_SIZE, end - pos)]], pos)
-            if n == 0:
-                out["error"] = f"file shrank while hashing (EOF at {pos} of {item.size})"
-                return out
-            h.update(buf[:n])
-            pos += n
-        out["bytes"] = pos - r.offset
+        digests = body(fd, r, out)
+        if digests is None:
+            return out
         st2 = os.fstat(fd)
         if st2.st_size != item.size or _mtime_differs(st2.st_mtime_ns, item.mtime_ns):
             out["error"] = (
@@ -271,13 +355,119 @@ def hash_source_range(r: RangeTask) -> dict:
                 f"mtime_ns {item.mtime_ns} -> {st2.st_mtime_ns})"
             )
             return out
-        out.update(h.finish(at_eof=end == item.size))
+        out.update(digests)
         return out
     except OSError as exc:
         out["error"] = f"read failed: {exc.strerror}"
         return out
     finally:
         os.close(fd)
+
+
+def _read_range(fd: int, r: RangeTask, out: dict) -> dict | None:
+    """The digests of one range read in order, or of its parts in lanes when it has several."""
+    item = r.item
+    spec = item.spec
+    if "md5" in spec.parts and all(a in COMBINABLE for a in spec.whole):
+        parts = _parts_of(r)
+        if len(parts) > 1:
+            lanes = new_lanes()
+            if lanes is not None:
+                return _read_parts_in_lanes(fd, r, parts, lanes, out)
+    h = StreamHasher(spec, r.offset)
+    buf = _buffer()
+    pos, end = r.offset, r.offset + r.length
+    while pos < end:
+        n = os.preadv(fd, [buf[: min(BUFFER_SIZE, end - pos)]], pos)
+        if n == 0:
+            out["error"] = f"file shrank while hashing (EOF at {pos} of {item.size})"
+            return None
+        h.update(buf[:n])
+        pos += n
+    out["bytes"] = pos - r.offset
+    return h.finish(at_eof=end == item.size)
+
+
+def _parts_of(r: RangeTask) -> list[tuple[int, int]]:
+    """(start, end) of every part inside the range; ranges start and end on part bounds."""
+    bounds = [*r.item.spec.part_offsets, r.item.size]
+    end = r.offset + r.length
+    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if a >= r.offset and b <= end
+            and b > a] or [(r.offset, end)]
+
+
+def _lane_buffers(n: int) -> list[memoryview]:
+    bufs = getattr(_local, "lane_bufs", None)
+    if bufs is None or len(bufs) < n:
+        whole = memoryview(bytearray(n * BUFFER_SIZE))
+        bufs = _local.lane_bufs = [whole[i * BUFFER_SIZE:(i + 1) * BUFFER_SIZE]
+                                   for i in range(n)]
+    return bufs
+
+
+def _read_parts_in_lanes(fd: int, r: RangeTask, parts: list[tuple[int, int]], lanes,
+                         out: dict) -> dict | None:
+    """The parts of a multipart object as separate MD5 streams, a lane each.
+
+    The parts of one group are read a buffer at a time each, side by side, so
+    every source byte is still read once; the CRCs are kept per part and the
+    whole-range CRC is folded from them (awscrt's combine), as for ranges.
+    """
+    spec = r.item.spec
+    crc_algos = sorted({a for a in (*spec.whole, *spec.parts) if a in COMBINABLE})
+    other = [a for a in spec.parts if a not in COMBINABLE and a != "md5"]
+    width = max(1, lanes.lanes)
+    bufs = _lane_buffers(width)
+    part_crc: list[dict[str, int]] = []
+    part_other: list[dict] = []
+    part_md5: list[bytes] = []
+    for g in range(0, len(parts), width):
+        group = parts[g:g + width]
+        first = lanes.new(len(group))
+        pos = [a for a, _ in group]
+        crcs = [{a: 0 for a in crc_algos} for _ in group]
+        hashes = [{a: HASH_FUNCS[a]() for a in other} for _ in group]
+        while True:
+            pairs = []
+            for i, (_, end) in enumerate(group):
+                if pos[i] >= end:
+                    continue
+                want = min(BUFFER_SIZE, end - pos[i])
+                n = os.preadv(fd, [bufs[i][:want]], pos[i])
+                if n == 0:
+                    out["error"] = f"file shrank while hashing (EOF at {pos[i]} of {r.item.size})"
+                    return None
+                mv = bufs[i][:n]
+                for a in crc_algos:
+                    crcs[i][a] = CRC_FUNCS[a](mv, crcs[i][a])
+                for h in hashes[i].values():
+                    h.update(mv)
+                pairs.append((first + i, mv))
+                pos[i] += n
+            if not pairs:
+                break
+            lanes.update(pairs)
+        lanes.finish(list(range(first, first + len(group))))
+        part_md5 += [lanes.digest(first + i) for i in range(len(group))]
+        part_crc += crcs
+        part_other += [{a: h.digest() for a, h in hs.items()} for hs in hashes]
+        lanes.reset()
+    out["bytes"] = r.length
+    whole: dict[str, int] = {}
+    for a in (x for x in spec.whole if x in COMBINABLE):
+        val = part_crc[0][a]
+        for (s, e), c in zip(parts[1:], part_crc[1:], strict=True):
+            val = CRC_COMBINE[a](val, c[a], e - s)
+        whole[a] = val
+    results: dict[str, list] = {}
+    for a in spec.parts:
+        if a == "md5":
+            results[a] = part_md5
+        elif a in COMBINABLE:
+            results[a] = [c[a] for c in part_crc]
+        else:
+            results[a] = [o[a] for o in part_other]
+    return {"crc": whole, "hash": {}, "parts": results}
 
 
 # --- destination ranges (readback) -------------------------------------------------------
@@ -361,7 +551,7 @@ def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
             )
 
         dst_future = asyncio.run_coroutine_threadsafe(_all(), target.filesystem().loop)
-    src = [hash_source_range(r) for r in unit.ranges]
+    src = hash_source_ranges(unit.ranges)
     dst = dst_future.result() if dst_future is not None else None
     return {"src": src, "dst": dst}
 

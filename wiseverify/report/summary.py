@@ -132,7 +132,7 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
     clean = pa.array(sorted(S.CLEAN_STATUSES), pa.string())
     with atomic_path(run_dir / "combined.txt") as tmp_comb, \
             atomic_path(run_dir / "discrepancies.csv") as tmp_csv, \
-            open(tmp_comb, "w", encoding="utf-8", newline="\n") as comb, \
+            open(tmp_comb, "wb") as comb, \
             open(tmp_csv, "w", encoding="utf-8", newline="") as disc:
         w = csv.writer(disc)
         w.writerow(DISCREPANCY_COLUMNS)
@@ -146,11 +146,25 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
                                             "\r", "\\r")
                 lines = pc.drop_null(pc.binary_join_element_wise(sig, safe, " "))
                 if len(lines):
-                    comb.write("\n".join(lines.to_pylist()) + "\n")
+                    comb.write(_joined_lines(lines))
                 bad = b.filter(pc.invert(pc.is_in(status, value_set=clean)))
                 for row in bad.to_pylist():
                     w.writerow([row[c] for c in DISCREPANCY_COLUMNS])
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _joined_lines(lines: pa.ChunkedArray | pa.Array) -> pa.Buffer | bytes:
+    """``line\\n`` for every string, as one buffer: no Python string per key."""
+    ended = pc.binary_join_element_wise(lines, "", "\n")  # line + "\n" + ""
+    if isinstance(ended, pa.ChunkedArray):
+        ended = pa.concat_arrays(ended.chunks) if ended.num_chunks else pa.array([], pa.string())
+    ended = ended.cast(pa.large_string())
+    if not len(ended):
+        return b""
+    _, offsets, data = ended.buffers()
+    off = memoryview(offsets).cast("q")
+    start = off[ended.offset]
+    return data.slice(start, off[ended.offset + len(ended)] - start)
 
 
 def _line_safe(key: str) -> str:
