@@ -47,18 +47,22 @@
 #include "_md5mb_kernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
 #define HAVE_X86 1
 #define KNAME md5_avx2
 #define KLANES 8
 #define KTARGET "avx2"
+#define KTRANSPOSE8
 #include "_md5mb_kernel.h"
 #define KNAME md5_avx2x2
 #define KLANES 16
 #define KTARGET "avx2"
+#define KTRANSPOSE8
 #include "_md5mb_kernel.h"
 #define KNAME md5_avx512
 #define KLANES 16
 #define KTARGET "avx512f"
+#define KTRANSPOSE8
 #include "_md5mb_kernel.h"
 #else
 #define HAVE_X86 0

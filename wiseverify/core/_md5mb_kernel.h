@@ -2,7 +2,8 @@
  * One multi-buffer MD5 kernel, included by _md5mb.c once per instantiation.
  *
  * Before inclusion: KNAME (the function's name), KLANES (lanes, a power of two)
- * and optionally KTARGET (the GCC target string).  With one lane and no target
+ * and optionally KTARGET (the GCC target string) and KTRANSPOSE8 (load the
+ * message words with AVX2 8x8 transposes instead of one word at a time).  With one lane and no target
  * it is the unrolled scalar MD5.  The body is written once over a GCC
  * vector of KLANES 32-bit words, so the 16-lane AVX-512 kernel and the 16-lane
  * AVX2 kernel (which GCC splits into two interleaved 8-lane groups, hiding
@@ -33,6 +34,31 @@ KNAME(uint32_t *st, const uint8_t *const *ptr, size_t nblocks)
     for (size_t blk = 0; blk < nblocks; blk++) {
         uint32_t m[16][KLANES] __attribute__((aligned(64)));
         KV w[16];
+#if defined(KTRANSPOSE8) && KLANES % 8 == 0
+        /* 8 lanes x 8 words at a time: 8 loads, an 8x8 transpose in registers, 8 stores */
+        for (int g = 0; g < KLANES; g += 8)
+            for (int half = 0; half < 2; half++) {
+                __m256i r[8], t[8], u[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = _mm256_loadu_si256((const __m256i *)(ptr[g + i] + 64 * blk + 32 * half));
+                for (int i = 0; i < 8; i += 2) {
+                    t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+                    t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+                }
+                for (int i = 0; i < 8; i += 4) {
+                    u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+                    u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+                    u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+                    u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+                }
+                for (int k = 0; k < 4; k++) {
+                    _mm256_store_si256((__m256i *)&m[8 * half + k][g],
+                                       _mm256_permute2x128_si256(u[k], u[k + 4], 0x20));
+                    _mm256_store_si256((__m256i *)&m[8 * half + k + 4][g],
+                                       _mm256_permute2x128_si256(u[k], u[k + 4], 0x31));
+                }
+            }
+#else
         for (int l = 0; l < KLANES; l++) {
             const uint8_t *p = ptr[l] + 64 * blk;
             for (int j = 0; j < 16; j++) {
@@ -41,6 +67,7 @@ KNAME(uint32_t *st, const uint8_t *const *ptr, size_t nblocks)
                 m[j][l] = x;
             }
         }
+#endif
         for (int j = 0; j < 16; j++)
             memcpy(&w[j], m[j], sizeof w[j]);
         KV aa = a, bb = b, cc = c, dd = d;
@@ -143,4 +170,7 @@ KNAME(uint32_t *st, const uint8_t *const *ptr, size_t nblocks)
 #undef KLANES
 #ifdef KTARGET
 #undef KTARGET
+#endif
+#ifdef KTRANSPOSE8
+#undef KTRANSPOSE8
 #endif

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +19,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import fsspec.asyn
+
+_FILESYSTEMS: dict[tuple, Any] = {}
+_FILESYSTEMS_LOCK = threading.Lock()
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION",
+                   "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
 
 # --- destination listing -----------------------------------------------------------
 
@@ -98,8 +106,55 @@ def _read_only_guard(model=None, **kwargs) -> None:
 
 
 def guard_read_only(client) -> None:
-    """Register :func:`_read_only_guard` on a botocore/aiobotocore client (once)."""
+    """Register :func:`_read_only_guard` on a botocore/aiobotocore client (once).
+
+    Also swaps botocore's check for an error inside a 200 answer for
+    :func:`_handle_200_error`, which decides the same thing without building the
+    whole document.
+    """
     client.meta.events.register("before-call.s3", _read_only_guard, unique_id=_GUARD_ID)
+    try:
+        from botocore import handlers
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(handlers, "_handle_200_error", None)
+    if original is not None and getattr(handlers, "_should_handle_200_error", None):
+        client.meta.events.unregister("before-parse.s3.*", original)
+        client.meta.events.register_first("before-parse.s3.*", _handle_200_error,
+                                          unique_id=_GUARD_ID + "-200")
+
+
+_XML_DECL = re.compile(rb"\s*(?:<\?xml[^>]*\?>)?\s*<([A-Za-z_][\w.:-]*)")
+
+
+def looks_like_error_body(body: bytes) -> bool:
+    """botocore's test for an S3 error sent with status 200, without a parse of the body.
+
+    botocore builds an ElementTree of every S3 answer to see whether its root is
+    ``<Error>`` or the XML is cut short (a streamed answer broken off): for a
+    1,000-key ListObjectsV2 page that was more CPU than parsing it for its
+    contents.  The same two facts are read from the ends of the body: the root
+    element's name, and that the document ends by closing it.
+    """
+    m = _XML_DECL.match(body)
+    if m is None:
+        return True  # not XML at all: botocore's parser fails on it too
+    root = m.group(1)
+    if root == b"Error":
+        return True
+    end = body.rstrip()
+    return not (end.endswith(b"</" + root + b">") or end.endswith(b"/>")
+                and body.count(b"<", m.start(1)) == 0)
+
+
+def _handle_200_error(operation_model, response_dict, **kwargs) -> None:
+    from botocore import handlers
+
+    if not handlers._should_handle_200_error(operation_model, response_dict):
+        return
+    if response_dict["status_code"] == 200 and response_dict["body"] and \
+            looks_like_error_body(response_dict["body"]):
+        response_dict["status_code"] = 500  # retried, as botocore does
 
 
 @dataclass(frozen=True)
@@ -156,7 +211,27 @@ class S3Target:
         return fs
 
     def filesystem(self):
-        """The s3fs filesystem as fsspec caches it, its client not ensured (for the event loop)."""
+        """The process's s3fs filesystem for this endpoint, its client not ensured (for the loop).
+
+        One per process, not fsspec's one per thread: every instance builds its own
+        botocore session and client (about 0.1 s of CPU to load the service model),
+        and a worker calls this from its task threads and from the event loop's
+        thread alike.  All of them drive the same fsspec event loop, so one
+        instance serves them all.
+        """
+        # the credentials botocore would find in the environment are part of the key, as a
+        # changed AWS_* setting (a notebook, a test) must not reuse the old client
+        key = (os.getpid(), self.endpoint_url, self.region, self.profile,
+               *(os.environ.get(k) for k in _CREDENTIAL_ENV))
+        fs = _FILESYSTEMS.get(key)
+        if fs is None:
+            with _FILESYSTEMS_LOCK:
+                fs = _FILESYSTEMS.get(key)
+                if fs is None:
+                    fs = _FILESYSTEMS[key] = self._new_filesystem()
+        return fs
+
+    def _new_filesystem(self):
         import s3fs
 
         client_kwargs: dict[str, Any] = {}
@@ -166,7 +241,8 @@ class S3Target:
             client_kwargs["region_name"] = self.region
         extra = {"profile": self.profile} if self.profile else {}
         return s3fs.S3FileSystem(
-            client_kwargs=client_kwargs, config_kwargs=DEFAULT_CLIENT_CONFIG, **extra
+            client_kwargs=client_kwargs, config_kwargs=DEFAULT_CLIENT_CONFIG,
+            skip_instance_cache=True, **extra
         )
 
     @staticmethod
