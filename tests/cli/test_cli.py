@@ -62,6 +62,15 @@ def test_missing_bucket(small_tree, tmp_path, s3):
     assert_config_error(proc, "bucket 'no-such-bucket-xyz' does not exist")
 
 
+def test_forced_md5_kernel_that_cannot_run_is_refused(small_tree, tmp_path, s3, bucket,
+                                                      monkeypatch):
+    monkeypatch.setenv("WISEVERIFY_MD5_KERNEL", "sse9")
+    proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r"),
+              "--endpoint-url", s3.url)
+    assert_config_error(proc, "WISEVERIFY_MD5_KERNEL=sse9: unknown MD5 kernel")
+    assert not (tmp_path / "r").exists()
+
+
 def test_endpoint_unreachable_fails_fast(small_tree, tmp_path, bucket):
     t0 = time.monotonic()
     proc = wv("verify", str(small_tree), f"s3://{bucket}/w", "--out", str(tmp_path / "r"),

@@ -127,6 +127,34 @@ def test_small_files_batched_in_lanes_keep_every_rule(tmp_path, monkeypatch):
         assert got[i]["hash"]["md5"] == hashlib.md5(datas[i]).digest()
 
 
+def test_large_single_part_files_side_by_side_in_lanes(tmp_path, monkeypatch):
+    """Single-part files above the buffer size: one stream each, paired across files."""
+    from wiseverify.core import md5lanes
+
+    rnd = random.Random(8)
+    ranges, datas = [], []
+    for i in range(40):  # more than one batch of files in lanes
+        data = rnd.randbytes(MiB + rnd.randint(1, 3 * MiB))
+        p = tmp_path / f"b{i}"
+        p.write_bytes(data)
+        spec = D.Spec(whole=("md5", "crc64nvme") if i % 3 else ("md5", "sha256", "crc32c"))
+        item = D.FileItem(idx=i, path=str(p), size=len(data), mtime_ns=p.stat().st_mtime_ns,
+                          spec=spec)
+        ranges.append(D.RangeTask(item, 0, len(data)))
+        datas.append(data)
+    (tmp_path / "b3").unlink()
+    os.truncate(tmp_path / "b5", MiB)  # shorter than listed
+    monkeypatch.setenv(md5lanes.ENV_KERNEL, "avx2x2")
+    got = HASHING.hash_source_ranges(ranges)
+    monkeypatch.setenv(md5lanes.ENV_KERNEL, "hashlib")
+    assert got == HASHING.hash_source_ranges(ranges)
+    assert got[3]["error"] == "cannot open: vanished since listing"
+    assert got[5]["error"].startswith("changed since listing")
+    assert got[0]["hash"]["md5"] == hashlib.md5(datas[0]).digest()
+    assert got[1]["crc"]["crc64nvme"] == checksums.crc64nvme(datas[1])
+    assert got[0]["hash"]["sha256"] == hashlib.sha256(datas[0]).digest()
+
+
 def test_composite_sha256_equals_endpoint(tmp_path, s3, bucket):
     path, data = _file(tmp_path, 2 * 5 * MiB + 99, seed=9)
     client = s3.client(checksums=True)

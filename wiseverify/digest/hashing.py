@@ -259,12 +259,13 @@ def hash_source_range(r: RangeTask) -> dict:
 
 
 def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
-    """:func:`hash_source_range` of every range, in order, small whole files in batches.
+    """:func:`hash_source_range` of every range, in order, MD5s of whole files in lanes.
 
     A small file (one buffer or less, no parts) whose evidence includes its MD5
     is read whole and its MD5 taken together with those of the next files, in
-    SIMD lanes (:mod:`wiseverify.core.md5lanes`); the rules and error texts are
-    those of :func:`hash_source_range`.
+    SIMD lanes (:mod:`wiseverify.core.md5lanes`); larger whole files with an MD5
+    to take are hashed side by side, up to :data:`MAX_FILES_IN_LANES` at once.
+    The rules and error texts are those of :func:`hash_source_range`.
     """
     out: list = [None] * len(ranges)
     batch: list[int] = []
@@ -292,15 +293,33 @@ def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
         return {"crc": {a: CRC_FUNCS[a](data) for a in spec.whole if a in COMBINABLE},
                 "hash": hashes, "parts": {}}
 
+    big: list[int] = []  # whole files above the buffer size with an MD5 to take
+
+    def flush_big() -> None:
+        lanes = new_lanes() if len(big) > 1 else None
+        if lanes is None:
+            for i in big:
+                out[i] = _with_source(ranges[i], _read_range)
+        else:
+            for i, res in zip(big, _hash_files_in_lanes([ranges[i] for i in big], lanes),
+                              strict=True):
+                out[i] = res
+        big.clear()
+
     for i, r in enumerate(ranges):
         known = _from_known(r)
         if known is not None:
             out[i] = known
             continue
         item = r.item
-        if not (r.offset == 0 and r.length == item.size <= BUFFER_SIZE and not item.spec.parts
+        if not (r.offset == 0 and r.length == item.size and not item.spec.parts
                 and "md5" in item.spec.whole):
             out[i] = _with_source(r, _read_range)
+            continue
+        if item.size > BUFFER_SIZE:
+            big.append(i)
+            if len(big) >= MAX_FILES_IN_LANES:
+                flush_big()
             continue
         n_before = len(datas)
         out[i] = _with_source(r, read_whole)
@@ -315,6 +334,8 @@ def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
             flush()
     if batch:
         flush()
+    if big:
+        flush_big()
     return out
 
 
@@ -325,6 +346,23 @@ def _with_source(r: RangeTask, body: Callable[[int, RangeTask, dict], dict | Non
     the listed size and mtime before the read and still after it.  ``body``
     returns the digests, or None after setting ``out["error"]``.
     """
+    fd, out = _open_checked(r)
+    if fd is None:
+        return out
+    try:
+        digests = body(fd, r, out)
+        if digests is not None and _unchanged_after(fd, r, out):
+            out.update(digests)
+        return out
+    except OSError as exc:
+        out["error"] = f"read failed: {exc.strerror}"
+        return out
+    finally:
+        os.close(fd)
+
+
+def _open_checked(r: RangeTask) -> tuple[int | None, dict]:
+    """The range's result record, and its file opened by the rules (None after an error)."""
     item = r.item
     out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
                  "bytes": 0}
@@ -333,35 +371,102 @@ def _with_source(r: RangeTask, body: Callable[[int, RangeTask, dict], dict | Non
     except OSError as exc:
         reason = "vanished since listing" if exc.errno == 2 else exc.strerror
         out["error"] = f"cannot open: {reason}"
-        return out
+        return None, out
     try:
         st = os.fstat(fd)
         if not statmod.S_ISREG(st.st_mode):
             out["error"] = "no longer a regular file"
-            return out
-        if st.st_size != item.size or _mtime_differs(st.st_mtime_ns, item.mtime_ns):
+        elif st.st_size != item.size or _mtime_differs(st.st_mtime_ns, item.mtime_ns):
             out["error"] = (
                 f"changed since listing (size {item.size} -> {st.st_size}, "
                 f"mtime_ns {item.mtime_ns} -> {st.st_mtime_ns})"
             )
-            return out
-        digests = body(fd, r, out)
-        if digests is None:
-            return out
-        st2 = os.fstat(fd)
-        if st2.st_size != item.size or _mtime_differs(st2.st_mtime_ns, item.mtime_ns):
-            out["error"] = (
-                f"changed while hashing (size {item.size} -> {st2.st_size}, "
-                f"mtime_ns {item.mtime_ns} -> {st2.st_mtime_ns})"
-            )
-            return out
-        out.update(digests)
-        return out
     except OSError as exc:
         out["error"] = f"read failed: {exc.strerror}"
-        return out
-    finally:
+    if out["error"]:
         os.close(fd)
+        return None, out
+    return fd, out
+
+
+def _unchanged_after(fd: int, r: RangeTask, out: dict) -> bool:
+    item = r.item
+    st2 = os.fstat(fd)
+    if st2.st_size != item.size or _mtime_differs(st2.st_mtime_ns, item.mtime_ns):
+        out["error"] = (
+            f"changed while hashing (size {item.size} -> {st2.st_size}, "
+            f"mtime_ns {item.mtime_ns} -> {st2.st_mtime_ns})"
+        )
+        return False
+    return True
+
+
+def _hash_files_in_lanes(ranges: list[RangeTask], lanes) -> list[dict]:
+    """Whole files whose evidence is their MD5, each its own stream, side by side in lanes.
+
+    For single-part objects above the buffer size: the files are read
+    :data:`LANE_CHUNK` at a time each, in rounds, by the same rules as
+    :func:`hash_source_range` (the checks before and after, the error texts).
+    """
+    bufs = _lane_buffers(len(ranges))
+    out: list[dict] = []
+    fds: list[int | None] = []
+    for r in ranges:
+        fd, res = _open_checked(r)
+        out.append(res)
+        fds.append(fd)
+    first = lanes.new(len(ranges))
+    try:
+        crc_algos = [[a for a in r.item.spec.whole if a in COMBINABLE] for r in ranges]
+        crcs = [dict.fromkeys(algos, 0) for algos in crc_algos]
+        hashes = [{a: HASH_FUNCS[a]() for a in r.item.spec.whole
+                   if a not in COMBINABLE and a != "md5"} for r in ranges]
+        pos = [0] * len(ranges)
+        while True:
+            pairs = []
+            for i, r in enumerate(ranges):
+                fd = fds[i]
+                if fd is None or out[i]["error"] or pos[i] >= r.length:
+                    continue
+                try:
+                    n = os.preadv(fd, [bufs[i][:min(LANE_CHUNK, r.length - pos[i])]], pos[i])
+                except OSError as exc:
+                    out[i]["error"] = f"read failed: {exc.strerror}"
+                    continue
+                if n == 0:
+                    out[i]["error"] = f"file shrank while hashing (EOF at {pos[i]} of {r.item.size})"
+                    continue
+                mv = bufs[i][:n]
+                for a in crc_algos[i]:
+                    crcs[i][a] = CRC_FUNCS[a](mv, crcs[i][a])
+                for h in hashes[i].values():
+                    h.update(mv)
+                pairs.append((first + i, mv))
+                pos[i] += n
+            if not pairs:
+                break
+            lanes.update(pairs)
+        lanes.finish(list(range(first, first + len(ranges))))
+        for i, r in enumerate(ranges):
+            fd = fds[i]
+            if fd is None or out[i]["error"]:
+                continue
+            try:
+                if not _unchanged_after(fd, r, out[i]):
+                    continue
+            except OSError as exc:
+                out[i]["error"] = f"read failed: {exc.strerror}"
+                continue
+            out[i]["bytes"] = r.length
+            out[i].update({"crc": crcs[i], "parts": {},
+                           "hash": {"md5": lanes.digest(first + i),
+                                    **{a: h.digest() for a, h in hashes[i].items()}}})
+    finally:
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+        lanes.reset()
+    return out
 
 
 def _read_range(fd: int, r: RangeTask, out: dict) -> dict | None:
@@ -401,6 +506,9 @@ def _parts_of(r: RangeTask) -> list[tuple[int, int]]:
 #: copy from the page cache and the hash both went to memory, and the pass ran at half
 #: the speed (benchmarks/md5.py).
 LANE_CHUNK = 128 << 10
+
+#: whole files above the buffer size hashed side by side (two lanes' worth, open at once)
+MAX_FILES_IN_LANES = 32
 
 
 def _lane_buffers(n: int) -> list[memoryview]:

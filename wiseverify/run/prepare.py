@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from wiseverify.core import md5lanes
 from wiseverify.core.config import VerifyConfig, check_limits
 from wiseverify.core.errors import ConfigError
 from wiseverify.core.s3 import S3Target, preflight
@@ -53,6 +54,10 @@ def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
     from wiseverify.core.s3 import S3ConfigError
 
     check_limits(cfg)
+    try:
+        md5lanes.kernel()  # a forced kernel this CPU cannot run is refused here
+    except md5lanes.KernelError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.mode not in ("stored", "readback"):
         raise ConfigError(f"--mode must be stored or readback, got {cfg.mode!r}")
     if cfg.metadata not in ("auto", "all", "off"):
