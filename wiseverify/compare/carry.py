@@ -40,12 +40,15 @@ EVIDENCE_COLUMNS = ("status", "verified_by", "detail", "dst_parts", "dst_part_si
 
 
 def usable_previous(prev_dir: str | Path | None, root: str, dest: str, mode: str = "stored",
-                    metadata: str = "auto") -> tuple[Path | None, str]:
+                    metadata: str = "auto",
+                    filters: str | None = None) -> tuple[Path | None, str]:
     """The previous run to reuse evidence from, or None with the reason.
 
     Evidence is only carried into a run that asks for no more than the previous
     one proved: stored-checksum verdicts never stand in for a readback, and a
     run that HEADs every object for metadata does not reuse one that did not.
+    Runs with different filter rules (``filters``: their fingerprint) covered
+    different paths, so neither is the other's evidence.
     """
     if prev_dir is None:
         return None, "no previous run"
@@ -65,6 +68,10 @@ def usable_previous(prev_dir: str | Path | None, root: str, dest: str, mode: str
         prev_meta = None
     if metadata == "all" and prev_meta != "all":
         return None, f"{prev} did not check the metadata of every object"
+    prev_filters = (summary.get("filters") or {}).get("fingerprint")
+    if prev_filters != filters:
+        return None, (f"{prev} covered other paths (its filter rules differ: "
+                      f"{prev_filters or 'none'} against {filters or 'none'})")
     return prev, f"reusing unchanged evidence of run {summary.get('run_id')}"
 
 

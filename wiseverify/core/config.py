@@ -46,6 +46,10 @@ class VerifyConfig:
     listing_format: str | None = None  # its -printf directives (ingest.DEFAULT_LISTING_FORMAT)
     dest_inventory: str | None = None  # an S3 Inventory manifest.json instead of ListObjectsV2
     checksum_report: str | None = None  # a compute-checksum completion report as evidence
+    # which paths the run covers (core.filters, rclone's syntax); part of its identity
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    filter_from: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 

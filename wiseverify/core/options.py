@@ -78,7 +78,8 @@ class Option:
     """One ``wiseverify verify`` flag.
 
     ``kind``: ``str``, ``int`` or ``size`` (with ``lo``, the smallest value
-    accepted), ``float`` (greater than 0), ``flag`` (on/off) or ``choice``.
+    accepted), ``float`` (greater than 0), ``flag`` (on/off), ``choice`` or
+    ``list`` (repeatable; a list in a job file).
     ``default`` is only for options that do not reach :class:`VerifyConfig`
     (how Dask runs, how progress shows); the others take the field's default.
     ``job``: a job file may set it (where Dask runs is the runner's business).
@@ -128,6 +129,7 @@ class Option:
 
 _CLUSTER = "cluster"  # --scheduler and --workers exclude each other
 _INGEST = "ingest instead of listing"
+_FILTERS = "filters"
 
 VERIFY_OPTIONS: tuple[Option, ...] = (
     Option("--job", "str", metavar="FILE", job=False,
@@ -193,6 +195,13 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
            help="content evidence from an S3 Batch Operations compute-checksum "
            "completion report (its manifest.json or one result CSV): the objects it "
            "covers need no HEAD and no GET"),
+    Option("--exclude", "list", metavar="PATTERN", group=_FILTERS,
+           help="leave out paths matching PATTERN (repeatable)"),
+    Option("--include", "list", metavar="PATTERN", group=_FILTERS,
+           help="check only paths matching PATTERN (repeatable; everything else is left out)"),
+    Option("--filter-from", "list", metavar="FILE", group=_FILTERS,
+           help="rules from FILE, one '- PATTERN' or '+ PATTERN' per line, first match wins "
+           "(repeatable)"),
     Option("--previous-run", "str", metavar="RUN_DIR",
            help="run whose manifest this run's audit manifest links to (default: the "
            "newest earlier run under the same parent directory)"),
@@ -204,6 +213,11 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
 )
 
 _GROUP_HELP = {
+    _FILTERS: "Which paths the run covers, in rclone's filter syntax (see docs/filters.md): "
+    "'*' within a path segment, '**' across '/', '?', '[...]', '{a,b}'; a leading '/' "
+    "anchors at the root, a trailing '/' matches directories. --include rules apply "
+    "first, then --exclude, then --filter-from files. The same rules apply to the source "
+    "walk and to the destination; an excluded directory is not walked.",
     _INGEST: "Read what a site already has instead of walking the source, listing the bucket "
     "or HEADing objects. The S3 reports may be local paths or s3:// URLs (read with DEST's "
     "endpoint and credentials); the listing must be readable by every worker.",
@@ -227,6 +241,10 @@ def add_verify_options(p: argparse.ArgumentParser) -> None:
             where = groups[o.group]
         if o.kind == "flag":
             where.add_argument(o.flag, action="store_true", help=o.help)
+            continue
+        if o.kind == "list":
+            where.add_argument(o.flag, action="append", default=None, metavar=o.metavar,
+                               help=o.help)
             continue
         kw: dict[str, Any] = {"help": o.help, "default": o.default_value()}
         if o.metavar:
@@ -253,4 +271,7 @@ def job_keys() -> dict[str, Option]:
 def config_from_args(args: argparse.Namespace) -> VerifyConfig:
     """The run settings a parsed ``verify`` command line asks for."""
     conf = {o.dest: getattr(args, o.dest) for o in VERIFY_OPTIONS if o.in_config}
+    for o in VERIFY_OPTIONS:
+        if o.kind == "list" and o.in_config:
+            conf[o.dest] = list(conf[o.dest] or [])
     return VerifyConfig(source=args.source, dest=args.dest, out=args.out, **conf)

@@ -127,6 +127,9 @@ def verify_argv(job: dict[str, Any], stamp: str | None = None) -> list[str]:
                 argv.append(flag)
             elif value is not False:
                 raise JobFileError(f"job file setting {k!r} must be true or false")
+        elif isinstance(value, list):  # a repeatable option: exclude, include, filter_from
+            for v in value:
+                argv += [flag, str(v)]
         else:
             argv += [flag, str(value)]
     return argv

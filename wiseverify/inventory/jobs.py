@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from wiseverify.core.filters import Filters, merge_counts
 from wiseverify.core.s3 import S3Target
 from wiseverify.inventory import s3list as S3LIST
 from wiseverify.inventory import walk as WALK
@@ -55,6 +56,8 @@ class JobContext:
     #: more arguments of every walk task (``threads``, ``split_entries``, ``stat_delay_us``:
     #: the walk benchmark's knobs)
     walk_kwargs: dict = field(default_factory=dict)
+    #: the run's filter rules (None: every path)
+    filters: Filters | None = None
 
     def spool_base(self, kind: str, n: int) -> str:
         return str(self.spool / f"{kind}-{n:08d}")
@@ -96,6 +99,7 @@ def tally_source(res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
     """Count source rows spooled by a walk or a listing-file task; small files to prehash."""
     inv.stats["src_rows"] += res["count"]
     inv.stats["dirs"] += res["dirs"]
+    merge_counts(inv.stats.setdefault("filtered_src", {}), res.get("filtered"))
     inv.stats["metadata_ops"] += res["ops"]
     more: list[Job] = []
     if res["spool"]:
@@ -113,6 +117,7 @@ def tally_dest(res: dict, inv: Spooled) -> None:
         inv.list_errors.append(res["error"])
     inv.stats["dst_rows"] += res["count"]
     inv.stats["markers"] += res["markers"]
+    merge_counts(inv.stats.setdefault("filtered_dst", {}), res.get("filtered"))
     inv.stats["list_requests"] += res["requests"]
     if res["spool"]:
         inv.dst.append((res["spool"], res["count"]))
@@ -143,14 +148,15 @@ class WalkJob(Job):
         return ctx.client.submit(WALK.walk_dirs, ctx.root, self.dirs,
                                  ctx.spool_base("src", n) + ".arrow", ctx.target.prefix, budget,
                                  ctx.ops_per_task, pure=False, key=ctx.key("walk", n),
-                                 **ctx.walk_kwargs)
+                                 filters=ctx.filters, **ctx.walk_kwargs)
 
     def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
         more = tally_source(res, ctx, inv)
         return more + [WalkJob(b) for b in walk_batches(res["pending"], ctx.window)]
 
 
-def _list_task(target: S3Target, rel: str, delimiter: bool, spool: str) -> dict:
+def _list_task(target: S3Target, rel: str, delimiter: bool, spool: str,
+               filters: Filters | None = None) -> dict:
     # A listing mostly waits on the object store: leave the worker's thread pool so
     # CPU work (the walk, prehashing small files) is not queued behind it.  The
     # driver's window still bounds how many listings are in flight.
@@ -158,7 +164,7 @@ def _list_task(target: S3Target, rel: str, delimiter: bool, spool: str) -> dict:
         from distributed import secede
 
         secede()
-    res = S3LIST.list_prefix(target, rel, delimiter, spool)
+    res = S3LIST.list_prefix(target, rel, delimiter, spool, filters)
     if not delimiter:
         res["pending"] = []
     return res
@@ -175,8 +181,8 @@ class ListJob(Job):
 
     def submit(self, ctx: JobContext, n: int) -> Future:
         return ctx.client.submit(_list_task, ctx.target, self.rel, self.fan,
-                                 ctx.spool_base("dst", n) + ".parquet", pure=False,
-                                 key=ctx.key("list", n))
+                                 ctx.spool_base("dst", n) + ".parquet", ctx.filters,
+                                 pure=False, key=ctx.key("list", n))
 
     def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
         tally_dest(res, inv)

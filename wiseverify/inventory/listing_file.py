@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
+from wiseverify.core.filters import Filters
 from wiseverify.core.runio import write_atomic
 from wiseverify.inventory.jobs import Job, JobContext, Spooled, tally_ingest, tally_source
 from wiseverify.inventory.sources import IngestError
@@ -202,7 +203,8 @@ class _SourceRows:
 
 
 def parse_listing_range(listing: str, root: str, start: int, end: int, fmt: str | None,
-                        sep: bytes, prefix: str, spool: str) -> dict:
+                        sep: bytes, prefix: str, spool: str,
+                        filters: Filters | None = None) -> dict:
     """Parse the records that *start* in ``[start, end)`` of a listing; spool them.
 
     A record belongs to the range holding its first byte: a task skips the
@@ -250,12 +252,17 @@ def parse_listing_range(listing: str, root: str, start: int, end: int, fmt: str 
             if cur is not None:
                 rows.record(cur, lines > 0)
     table = rows.table()
+    counts: dict = {}
+    st = rows.stats
+    nbytes = st.pop("bytes")
+    if filters:  # a listing cannot be pruned: its excluded entries are dropped here
+        table = filters.keep(table, counts=counts)
+        nbytes -= sum(c["bytes"] for i, c in counts.items() if not filters.rules[i].include)
     if table.num_rows:
         write_atomic(table, spool)
-    st = rows.stats
     return {"side": "src", "count": table.num_rows, "pending": [], "dirs": st.pop("dirs"),
-            "ops": 0, "spool": spool if table.num_rows else None, "bytes": st.pop("bytes"),
-            "ingest": st}
+            "ops": 0, "spool": spool if table.num_rows else None, "bytes": nbytes,
+            "ingest": st, "filtered": counts}
 
 
 @dataclass
@@ -272,8 +279,8 @@ class ListingRangeJob(Job):
     def submit(self, ctx: JobContext, n: int) -> Future:
         return ctx.client.submit(parse_listing_range, self.listing, ctx.root, self.start,
                                  self.end, self.fmt, self.sep, ctx.target.prefix,
-                                 ctx.spool_base("lsrc", n) + ".parquet", pure=False,
-                                 key=ctx.key("listing", n))
+                                 ctx.spool_base("lsrc", n) + ".parquet", ctx.filters,
+                                 pure=False, key=ctx.key("listing", n))
 
     def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
         tally_ingest(res, inv)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from wiseverify.core.filters import Filters
 from wiseverify.inventory.jobs import Job, JobContext, Spooled, tally_dest, tally_ingest
 
 if TYPE_CHECKING:
@@ -65,8 +66,8 @@ class InventoryFileJob(Job):
 
     def submit(self, ctx: JobContext, n: int) -> Future:
         return ctx.client.submit(ingest_inventory_file, self.url, self.fmt, self.columns,
-                                 self.md5, ctx.target, ctx.spool_base("idst", n), pure=False,
-                                 key=ctx.key("inventory", n))
+                                 self.md5, ctx.target, ctx.spool_base("idst", n),
+                                 ctx.filters, pure=False, key=ctx.key("inventory", n))
 
     def tally(self, res: dict, ctx: JobContext, inv: Spooled) -> list[Job]:
         tally_ingest(res, inv)
@@ -253,20 +254,29 @@ def _dest_table(t: pa.Table, fmt: str, target: S3Target, stats: dict) -> pa.Tabl
 
 
 def ingest_inventory_file(url: str, fmt: str, columns: tuple[str, ...] | None, md5: str | None,
-                          target: S3Target, spool_base: str) -> dict:
-    """One inventory data file into DEST_INVENTORY spool files (a Dask task)."""
+                          target: S3Target, spool_base: str,
+                          filters: Filters | None = None) -> dict:
+    """One inventory data file into DEST_INVENTORY spool files (a Dask task).
+
+    Objects the ``filters`` exclude are left out (``"filtered"`` counts them).
+    """
+    counts: dict = {}
     stats = {"inventory_other_bucket": 0, "inventory_outside_prefix": 0,
              "inventory_not_current": 0, "markers": 0, "bytes": 0}
     res = {"side": "dst", "count": 0, "pending": [], "depth": 0, "requests": 0,
            "spool": None, "spools": [], "error": None}
     try:
-        spools = _spool_tables((_dest_table(t, fmt, target, stats)
-                                for t in _inventory_batches(url, fmt, columns, md5, target)),
-                               S.DEST_INVENTORY, spool_base)
+        tables = (_dest_table(t, fmt, target, stats)
+                  for t in _inventory_batches(url, fmt, columns, md5, target))
+        if filters:
+            tables = (filters.keep(t, counts=counts) for t in tables)
+        spools = _spool_tables(tables, S.DEST_INVENTORY, spool_base)
     except Exception as exc:  # the inventory is incomplete: the run must not go on
         res["error"] = f"inventory file {url}: {type(exc).__name__}: {exc}"
         res.update(markers=0, bytes=0, ingest={})
         return res
+    excluded_bytes = sum(c["bytes"] for i, c in counts.items() if not filters.rules[i].include) \
+        if filters else 0
     res.update(count=sum(n for _, n in spools), spools=spools, markers=stats.pop("markers"),
-               bytes=stats.pop("bytes"), ingest=stats)
+               bytes=stats.pop("bytes") - excluded_bytes, ingest=stats, filtered=counts)
     return res

@@ -7,17 +7,23 @@ prefix.  Zero-byte keys ending in ``/`` are folder markers.
 
 from __future__ import annotations
 
+import pyarrow.compute as pc
+
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
+from wiseverify.core.filters import Filters
 from wiseverify.core.runio import write_atomic
 from wiseverify.core.s3 import S3Target, error_text, strip_etag, use_fast_timestamps
 
 
-def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: str) -> dict:
+def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: str,
+                filters: Filters | None = None) -> dict:
     """List objects under ``target.prefix + rel_prefix``; spool them.
 
     With ``delimiter`` only one level is listed and the common prefixes are
-    returned (relative) for the driver to fan out.
+    returned (relative) for the driver to fan out; those the ``filters`` leave
+    out entirely are not listed at all.  Objects the filters exclude are not
+    spooled (``"filtered"`` counts them per rule).
     """
 
     async def _list():
@@ -76,8 +82,20 @@ def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: 
                 "bytes": 0, "error": f"listing {target.prefix + rel_prefix!r} failed: "
                          f"{error_text(exc, 'ListObjectsV2')}"}
     table = S.from_rows(rows, S.DEST_INVENTORY)
+    counts: dict = {}
+    if filters:
+        table = filters.keep(table, counts=counts)
+        kept = []
+        for p in prefixes:
+            rule = filters.prune(p)
+            if rule is None:
+                kept.append(p)
+            else:
+                filters.count_pruned(rule, counts)
+        prefixes = kept
     if table.num_rows:
         write_atomic(table, spool_path)
+    nbytes = (pc.sum(table.column("size")).as_py() or 0) if table.num_rows else 0
     return {"count": table.num_rows, "pending": prefixes, "markers": markers,
             "requests": requests, "spool": spool_path if table.num_rows else None,
-            "bytes": sum(r["size"] or 0 for r in rows), "error": None}
+            "bytes": nbytes, "error": None, "filtered": counts}

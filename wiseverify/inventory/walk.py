@@ -18,7 +18,9 @@ from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from wiseverify.core.filters import Filters
 from wiseverify.inventory.spool import RateLimiter, _entry_row, _spill_ranges, write_spool
 from wiseverify.inventory.statx import (
     _AT_FLAGS,
@@ -377,6 +379,7 @@ def walk_dirs(
     split_entries: int | None = None,
     stat_delay_us: float | None = None,
     max_seconds: float | None = WALK_TASK_SECONDS,
+    filters: Filters | None = None,
 ) -> dict:
     """Walk ``rel_dirs`` (relative to ``root``) with lstat only; spool the entries.
 
@@ -394,7 +397,13 @@ def walk_dirs(
     cache, :data:`AUTO_WALK_THREADS` once calls wait on a server.
     ``stat_delay_us`` (default: the :data:`STAT_DELAY_ENV` variable) is the
     slow-metadata-server test hook.
+
+    ``filters`` (:mod:`wiseverify.core.filters`) prune the directories they leave
+    out entirely (never listed) and drop the entries they exclude;
+    ``"filtered"`` counts both per rule.  A ``.lustre`` directory at the root
+    of a Lustre mount (its control directory, with ``fid/``) is never walked.
     """
+    counts: dict = {}
     with _ONE_WALK_PER_PROCESS:
         split = split_entries or max(1000, budget // 4)
         w = _Walk(root, prefix, metadata_ops_per_second, threads, stat_delay_us,
@@ -419,12 +428,55 @@ def walk_dirs(
                     jobs.append((rel, fd, blob))
                 # depth first, in name order, so task outputs are reproducible
                 for sub in reversed(w.stat_dirs(jobs)):
-                    stack.extend(reversed(sub))
+                    stack.extend(reversed(_walked(sub, root, filters, counts)))
         finally:
             w.close()
         table, nbytes = w.table()
+        if filters:
+            table = filters.keep(table, counts=counts)
+            nbytes = pc.sum(table.column("size")).as_py() or 0 if table.num_rows else 0
         if table.num_rows:
             write_spool(table, spool_path)
         return {"count": table.num_rows, "pending": ranges + list(reversed(stack)),
                 "dirs": w.dirs, "ops": w.ops, "bytes": nbytes, "threads": w.threads,
-                "spool": spool_path if table.num_rows else None}
+                "spool": spool_path if table.num_rows else None, "filtered": counts}
+
+
+def _walked(subdirs: list[bytes], root: str, filters: Filters | None,
+            counts: dict) -> list[bytes]:
+    """The subdirectories to walk: not pruned by a rule, not Lustre's control directory."""
+    out = []
+    for d in subdirs:
+        if d == b".lustre" and is_lustre_mount_root(root):
+            continue
+        if filters:
+            rule = filters.prune(os.fsdecode(d))
+            if rule is not None:
+                filters.count_pruned(rule, counts)
+                continue
+        out.append(d)
+    return out
+
+
+_LUSTRE_ROOTS: dict[str, bool] = {}
+MOUNTS = "/proc/self/mounts"
+
+
+def is_lustre_mount_root(root: str) -> bool:
+    """Whether ``root`` is where a Lustre file system is mounted (its ``.lustre`` is virtual)."""
+    hit = _LUSTRE_ROOTS.get(root)
+    if hit is None:
+        hit = False
+        try:
+            real = os.path.realpath(root)
+            with open(MOUNTS, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 2 and parts[2] == "lustre" and \
+                            parts[1].replace("\\040", " ") == real:
+                        hit = True
+                        break
+        except OSError:
+            pass
+        _LUSTRE_ROOTS[root] = hit
+    return hit

@@ -30,7 +30,10 @@ import pyarrow.parquet as pq
 from wiseverify import __version__
 from wiseverify.compare import carry as C
 from wiseverify.compare import metascope as MS
+from wiseverify.core import filters as FILTERS
 from wiseverify.core.config import VerifyConfig
+from wiseverify.core.errors import ConfigError
+from wiseverify.core.filters import Filters
 from wiseverify.core.runio import write_text
 from wiseverify.core.s3 import S3Target
 from wiseverify.inventory import ingest as INGEST
@@ -85,6 +88,8 @@ class Run:
     times: dict = field(default_factory=dict)
     #: what the caller spent before the run: preflight, cluster start
     setup: dict = field(default_factory=dict)
+    #: which paths the run covers (--include/--exclude/--filter-from)
+    filters: Filters = field(default_factory=Filters)
 
     @property
     def inv_marker(self) -> Path:
@@ -139,8 +144,11 @@ def start(cfg: VerifyConfig, client, log: Callable[[str], None] | None,
     run = Run(cfg, client, root, target, run_dir, cfg.run_id or new_run_id(), workers,
               sum(w.get("nthreads", 1) for w in workers.values()) or 1, say,
               progress or PROG.Progress(mode="off"))
+    run.filters = Filters.from_config(cfg)
     say(f"run {run.run_id}: {root} -> {target.url} ({len(workers)} workers, "
         f"{run.nthreads} threads, mode {cfg.mode})")
+    if run.filters:
+        say(f"filters: {'; '.join(run.filters.describe())}")
     dash = getattr(client, "dashboard_link", None)
     if dash:
         say(f"dashboard: {dash}")
@@ -148,14 +156,21 @@ def start(cfg: VerifyConfig, client, log: Callable[[str], None] | None,
         cfg_record = AUD.redact({k: v for k, v in asdict(cfg).items() if k != "profile"})
         write_text(run_dir / "run.json", json.dumps(
             {"run_id": run.run_id, "config": cfg_record, "root": root, "dest": target.url,
-             "version": __version__, "started": run.started.isoformat()}, indent=2))
+             "version": __version__, "started": run.started.isoformat(),
+             "filters": run.filters.describe(),
+             "filters_fingerprint": run.filters.fingerprint()}, indent=2))
+    else:
+        saved = json.loads((run_dir / "run.json").read_text()).get("filters_fingerprint")
+        if saved != run.filters.fingerprint():
+            raise ConfigError(f"--resume {cfg.out}: the filter rules are not those the run "
+                              "started with (a --filter-from file changed?); start a new run")
     # incremental: evidence of the previous run of the same source and destination
     if cfg.full:
         run.prev_note = "--full: everything re-hashed"
     else:
         run.prev_dir, run.prev_note = C.usable_previous(
             cfg.previous_run or AUD.find_previous(run_dir, run.started.isoformat()),
-            root, target.url, cfg.mode, cfg.metadata)
+            root, target.url, cfg.mode, cfg.metadata, run.filters.fingerprint())
     if run.prev_dir is not None:
         say(run.prev_note)
     run.inv_reused = cfg.resume and run.inv_marker.is_file()
@@ -185,7 +200,7 @@ def inventory_stage(run: Run) -> Spooled:
         walk_budget=cfg.walk_budget,
         ops_per_task=INVSTAGE.walk_ops_per_task(cfg.max_metadata_ops, window, len(run.workers)),
         fanout_depth=cfg.fanout_depth, prehash_rows=PREHASH_ROWS if prehash else 0,
-        head_min_size=cfg.head_min_size)
+        head_min_size=cfg.head_min_size, filters=run.filters or None)
     # a listing file, an S3 Inventory or a checksum report instead of walk or listing
     jobs = INGEST.replace_jobs(cfg, run.target, [WalkJob([b""]), ListJob("", 0, cfg.fanout_depth > 0)],
                                inv.stats)
@@ -323,6 +338,12 @@ def write_outputs(run: Run, inv: Spooled, parts: Partitioned, totals: dict) -> d
     summary["requests"]["metadata_sample"] = decision.sampled if decision is not None else 0
     if inv.stats.get("ingest"):
         summary["ingest"] = inv.stats["ingest"]
+    filtered = FILTERS.summary(run.filters, FILTERS.merge_counts({}, inv.stats.get("filtered_src")),
+                               FILTERS.merge_counts({}, inv.stats.get("filtered_dst")))
+    if filtered:
+        summary["filters"] = filtered
+        if filtered["unused"]:
+            run.say(f"filters: no path matched {', '.join(filtered['unused'])} (a typo?)")
     summary["digest_units"] = {
         "units": totals.get("units", 0),
         "max_concurrent": CHECKPOINT.max_overlap(intervals),

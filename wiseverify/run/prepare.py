@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 from wiseverify.core import md5lanes
 from wiseverify.core.config import VerifyConfig, check_limits
 from wiseverify.core.errors import ConfigError
+from wiseverify.core.filters import Filters
 from wiseverify.core.s3 import S3Target, preflight
 from wiseverify.inventory import ingest as INGEST
 from wiseverify.report import manifest as AUD
@@ -58,6 +59,7 @@ def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
         md5lanes.kernel()  # a forced kernel this CPU cannot run is refused here
     except md5lanes.KernelError as exc:
         raise ConfigError(str(exc)) from None
+    Filters.from_config(cfg)  # a pattern or filter file that cannot be used: one line
     if cfg.mode not in ("stored", "readback"):
         raise ConfigError(f"--mode must be stored or readback, got {cfg.mode!r}")
     if cfg.metadata not in ("auto", "all", "off"):
