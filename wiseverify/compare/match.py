@@ -240,6 +240,9 @@ def match_table(src: pa.Table, dst: pa.Table) -> Matched:
             lambda r, reason=reason: np.where(in_dst[r], reason + HAS_OBJECT, reason))
     put(on_src(pc.is_valid(src.column("name_problem"))), S.NAME_UNMAPPABLE,
         lambda r: values("src_name_problem", r))
+    absent = on_src(pc.equal(kind, S.KIND_ABSENT))  # listed by --files-from, no source file
+    put(absent & ~in_dst, S.NOT_FOUND, "listed by --files-from: no source file and no object")
+    put(absent & in_dst, S.EXTRA_IN_DEST, "listed by --files-from: object has no source file")
     put(in_src & ~in_dst, S.MISSING_IN_DEST, "no object under this key")
     put(in_dst & ~in_src, S.EXTRA_IN_DEST, "object has no source file")
 

@@ -130,6 +130,7 @@ class Option:
 _CLUSTER = "cluster"  # --scheduler and --workers exclude each other
 _INGEST = "ingest instead of listing"
 _FILTERS = "filters"
+_SELECT = "files-from"  # --files-from and --files-from0 exclude each other
 
 VERIFY_OPTIONS: tuple[Option, ...] = (
     Option("--job", "str", metavar="FILE", job=False,
@@ -202,6 +203,15 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
     Option("--filter-from", "list", metavar="FILE", group=_FILTERS,
            help="rules from FILE, one '- PATTERN' or '+ PATTERN' per line, first match wins "
            "(repeatable)"),
+    Option("--files-from", "str", metavar="FILE", group=_SELECT,
+           help="check exactly the keys listed in FILE, one path relative to SOURCE per "
+           "line (e.g. lists/differ.txt of an earlier run): no walk, one listing per "
+           "directory of the listed keys; a key found on neither side is NOT_FOUND"),
+    Option("--files-from0", "str", metavar="FILE", group=_SELECT,
+           help="as --files-from, NUL-separated (lists/*.nul; names with newlines)"),
+    Option("--list-match", "flag",
+           help="also write lists/match.txt and lists/match.nul (every MATCH key; the other "
+           "remediation lists in RUN_DIR/lists/ are always written)"),
     Option("--previous-run", "str", metavar="RUN_DIR",
            help="run whose manifest this run's audit manifest links to (default: the "
            "newest earlier run under the same parent directory)"),
@@ -235,7 +245,7 @@ def add_verify_options(p: argparse.ArgumentParser) -> None:
             where: Any = p
         elif o.group not in groups:
             where = groups[o.group] = (
-                p.add_mutually_exclusive_group() if o.group == _CLUSTER
+                p.add_mutually_exclusive_group() if o.group in (_CLUSTER, _SELECT)
                 else p.add_argument_group(o.group, _GROUP_HELP.get(o.group)))
         else:
             where = groups[o.group]

@@ -22,6 +22,8 @@ UNVERIFIED = "UNVERIFIED"
 SKIPPED = "SKIPPED"
 SOURCE_ERROR = "SOURCE_ERROR"
 DEST_ERROR = "DEST_ERROR"
+#: listed by --files-from, and neither a source file nor an object under the key
+NOT_FOUND = "NOT_FOUND"
 
 STATUSES: tuple[str, ...] = (
     MATCH,
@@ -36,6 +38,7 @@ STATUSES: tuple[str, ...] = (
     SKIPPED,
     SOURCE_ERROR,
     DEST_ERROR,
+    NOT_FOUND,
 )
 
 #: statuses that do not count as a discrepancy (exit code 0)
@@ -55,6 +58,7 @@ SIGILS: dict[str, str] = {
     UNVERIFIED: "!",
     SOURCE_ERROR: "!",
     DEST_ERROR: "!",
+    NOT_FOUND: "!",
 }
 
 # --- source entry kinds -----------------------------------------------------
@@ -67,6 +71,8 @@ KIND_SOCKET = "socket"
 KIND_CHAR = "chardev"
 KIND_BLOCK = "blockdev"
 KIND_ERROR = "error"
+#: a key --files-from listed that is not on the source (decided NOT_FOUND or EXTRA_IN_DEST)
+KIND_ABSENT = "absent"
 
 # --- tables -----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from wiseverify.core.s3 import S3Target
 from wiseverify.inventory.checksum_report import report_plan
+from wiseverify.inventory.files_from import files_from_jobs, read_files_from
 from wiseverify.inventory.jobs import Job, ListJob, WalkJob
 from wiseverify.inventory.listing_file import (
     check_listing,
@@ -57,6 +58,17 @@ def check(cfg: VerifyConfig, root: str, target: S3Target) -> None:
         raise IngestError("--listing-format describes a --source-listing; none was given")
     if getattr(cfg, "dest_inventory", None):
         inventory_plan(cfg.dest_inventory, target)
+    listed = getattr(cfg, "files_from", None) or getattr(cfg, "files_from0", None)
+    if listed:
+        if getattr(cfg, "source_listing", None) or getattr(cfg, "dest_inventory", None):
+            raise IngestError("--files-from checks the listed keys on the source and the "
+                              "bucket themselves; it cannot be combined with "
+                              "--source-listing or --dest-inventory")
+        if getattr(cfg, "include", None) or getattr(cfg, "exclude", None) or \
+                getattr(cfg, "filter_from", None):
+            raise IngestError("--files-from checks exactly the listed keys; it cannot be "
+                              "combined with --include, --exclude or --filter-from")
+        read_files_from(listed, nul=bool(getattr(cfg, "files_from0", None)))
     if getattr(cfg, "checksum_report", None):
         if cfg.mode == "readback":
             raise IngestError("--checksum-report is evidence for --mode stored; readback reads "
@@ -69,7 +81,8 @@ def replace_jobs(cfg: VerifyConfig, target: S3Target, jobs: list[Job],
     """The inventory stage's first jobs, with ingest jobs in place of walk or listing.
 
     ``jobs`` are the usual walk and listing jobs; a listing file replaces the walk,
-    an inventory report the listing, and a checksum report adds its own.  What was
+    an inventory report the listing, ``--files-from`` both, and a checksum report
+    adds its own.  What was
     ingested is noted in ``stats``.
     """
     info: dict = {}
@@ -85,6 +98,13 @@ def replace_jobs(cfg: VerifyConfig, target: S3Target, jobs: list[Job],
         out = [j for j in out if not isinstance(j, ListJob)]
         inv, more = inventory_plan(cfg.dest_inventory, target)
         info.update(inv)
+        out += more
+    listed = getattr(cfg, "files_from", None) or getattr(cfg, "files_from0", None)
+    if listed:
+        out = [j for j in out if not isinstance(j, WalkJob | ListJob)]
+        more, noted = files_from_jobs(read_files_from(
+            listed, nul=bool(getattr(cfg, "files_from0", None))))
+        info.update(files_from=listed, **noted)
         out += more
     if getattr(cfg, "checksum_report", None):
         rep, more = report_plan(cfg.checksum_report, target)

@@ -17,13 +17,14 @@ from wiseverify.core.s3 import S3Target, error_text, strip_etag, use_fast_timest
 
 
 def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: str,
-                filters: Filters | None = None) -> dict:
+                filters: Filters | None = None, only: set[str] | None = None) -> dict:
     """List objects under ``target.prefix + rel_prefix``; spool them.
 
     With ``delimiter`` only one level is listed and the common prefixes are
     returned (relative) for the driver to fan out; those the ``filters`` leave
     out entirely are not listed at all.  Objects the filters exclude are not
-    spooled (``"filtered"`` counts them per rule).
+    spooled (``"filtered"`` counts them per rule).  With ``only`` (relative keys)
+    just those objects are kept: ``--files-from``.
     """
 
     async def _list():
@@ -51,6 +52,8 @@ def list_prefix(target: S3Target, rel_prefix: str, delimiter: bool, spool_path: 
                     markers += 1
                     continue
                 rel = full[plen:]
+                if only is not None and rel not in only:
+                    continue
                 algos = obj.get("ChecksumAlgorithm") or []
                 lm = obj.get("LastModified")
                 rows.append(

@@ -23,6 +23,7 @@ STATUS_COLORS: dict[str, str] = {
     S.UNVERIFIED: "#f9a825",
     S.SOURCE_ERROR: "#37474f",
     S.DEST_ERROR: "#212121",
+    S.NOT_FOUND: "#880e4f",
 }
 
 # --- SVG ----------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ def diff(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
     delta = j.filter(changed).select(["key", "status_a", "status_b"])
     regress = pc.and_(pc.equal(sa, S.MATCH), pc.is_in(sb, pa.array(REGRESSIONS)))
     sum_b = json.loads((b / "summary.json").read_text()) if (b / "summary.json").is_file() else {}
+    sum_a = json.loads((a / "summary.json").read_text()) if (a / "summary.json").is_file() else {}
+    rules_a = [r["rule"] for r in (sum_a.get("filters") or {}).get("rules", [])]
+    rules_b = [r["rule"] for r in (sum_b.get("filters") or {}).get("rules", [])]
     counts_b = sum_b.get("counts", {})
     bytes_b = sum_b.get("bytes", {})
     return {
@@ -94,6 +97,9 @@ def diff(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
             "bytes_to_sync": sum(bytes_b.get(k, 0) for k in TO_SYNC),
             "verdict": sum_b.get("verdict"),
         },
+        # runs with other filter rules covered other paths: keys added or removed may be
+        # the rules, not the data
+        "filters": {"a": rules_a, "b": rules_b, "same": rules_a == rules_b},
         "_delta": delta,
     }
 
@@ -109,7 +115,14 @@ def write_diff(result: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def format_diff(result: dict, limit: int = 20) -> str:
-    lines = [f"{'from':<18} {'to':<18} {'keys':>10}"]
+    lines = []
+    f = result.get("filters") or {}
+    if f and not f.get("same"):
+        lines.append("NOTE: the runs had different filter rules, so they covered different "
+                     "paths:")
+        lines.append(f"  A: {'; '.join(f['a']) or '(none)'}")
+        lines.append(f"  B: {'; '.join(f['b']) or '(none)'}")
+    lines.append(f"{'from':<18} {'to':<18} {'keys':>10}")
     for t in result["transitions"]:
         mark = "  <-- REGRESSION" if t["from"] == S.MATCH and t["to"] in REGRESSIONS else ""
         lines.append(f"{t['from']:<18} {t['to']:<18} {t['keys']:>10,}{mark}")

@@ -152,7 +152,7 @@ td.k{font-family:ui-monospace,"DejaVu Sans Mono",monospace;min-width:16em;
 .sw{display:inline-block;width:10px;height:10px;margin-right:6px;border-radius:2px}
 .bar{height:10px;background:#90a4ae;display:inline-block;vertical-align:middle}
 .chart{max-width:100%;height:auto;background:#fff;border:1px solid #e0e0e0}
-.muted{color:#666}.links a{margin-right:16px}
+.muted{color:#666}.warn{color:#a33;font-weight:600}.links a{margin-right:16px}
 dl{display:grid;grid-template-columns:220px 1fr;gap:2px 12px;background:#fff;
  padding:8px;border:1px solid #e0e0e0}dt{color:#555}dd{margin:0;word-break:break-all}
 """
@@ -253,6 +253,25 @@ def render(run_dir: str | os.PathLike, summary: dict, first_n: int = FIRST_N) ->
         add("</table>")
     else:
         add("<p>None.</p>")
+
+    # filters: what each rule left out, on each side
+    filt = summary.get("filters")
+    if filt:
+        add('<h2 id="filters">Filters</h2><p>This run covered only the paths these rules '
+            "let through (first match wins). Excluded paths are neither checked nor "
+            "reported as missing or extra.</p><table><tr><th>rule</th><th>from</th>"
+            "<th>source entries</th><th>source bytes</th><th>directories not walked</th>"
+            "<th>destination objects</th></tr>")
+        for r in filt["rules"]:
+            src, dst = r["source"], r["destination"]
+            add(f'<tr><td class="k">{_e(r["rule"])}</td><td>{_e(r["from"])}</td>'
+                f'<td class="n">{src["entries"]:,}</td><td class="n">'
+                f'{human_bytes(src["bytes"])}</td><td class="n">{src["directories"]:,}</td>'
+                f'<td class="n">{dst["entries"]:,}</td></tr>')
+        add("</table>")
+        if filt.get("unused"):
+            add(f'<p class="warn">No path matched {_e(", ".join(filt["unused"]))}: '
+                "check the rule for a typo.</p>")
 
     # run facts
     timings = summary.get("timings", {})

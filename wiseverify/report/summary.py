@@ -6,11 +6,13 @@ so reporting a 30M-key run needs no more memory than one partition.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -119,8 +121,22 @@ def reconciliation_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted((Path(run_dir) / "reconciliation").glob("part-*.parquet"))
 
 
+#: the remediation lists (``lists/NAME.txt`` and ``lists/NAME.nul``) and their statuses
+REMEDIATION_LISTS: dict[str, tuple[str, ...]] = {
+    "missing-on-dst": (S.MISSING_IN_DEST,),
+    "missing-on-src": (S.EXTRA_IN_DEST,),
+    "differ": (S.SIZE_MISMATCH, S.CONTENT_MISMATCH, S.METADATA_MISMATCH, S.NAME_MISMATCH),
+    "error": (S.SOURCE_ERROR, S.DEST_ERROR, S.NAME_UNMAPPABLE, S.NOT_FOUND),
+    "unverified": (S.UNVERIFIED,),
+    "match": (S.MATCH,),  # only with --list-match: as long as the run
+}
+#: S3 Batch Operations manifest (bucket,key; keys URL-encoded) of the UNVERIFIED objects,
+#: for a compute-checksum job whose report goes back in with --checksum-report
+BATCH_MANIFEST = "unverified-batch-manifest.csv"
+
+
 def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
-    """summary.json, combined.txt (rclone sigils) and discrepancies.csv, atomically.
+    """summary.json, combined.txt (rclone sigils), discrepancies.csv and lists/, atomically.
 
     ``html.write_outputs`` writes these and then the page that reads them.  Read in
     batches and written column-wise: at 30 million keys a row object per key
@@ -130,10 +146,11 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
     sig_status = pa.array(list(S.SIGILS), pa.string())
     sig_chars = pa.array(list(S.SIGILS.values()), pa.string())
     clean = pa.array(sorted(S.CLEAN_STATUSES), pa.string())
-    with atomic_path(run_dir / "combined.txt") as tmp_comb, \
+    with contextlib.ExitStack() as stack, atomic_path(run_dir / "combined.txt") as tmp_comb, \
             atomic_path(run_dir / "discrepancies.csv") as tmp_csv, \
             open(tmp_comb, "wb") as comb, \
             open(tmp_csv, "w", encoding="utf-8", newline="") as disc:
+        lists = _RemediationLists(run_dir / "lists", summary, stack)
         w = csv.writer(disc)
         w.writerow(DISCREPANCY_COLUMNS)
         for f in reconciliation_files(run_dir):
@@ -150,7 +167,79 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
                 bad = b.filter(pc.invert(pc.is_in(status, value_set=clean)))
                 for row in bad.to_pylist():
                     w.writerow([row[c] for c in DISCREPANCY_COLUMNS])
+            for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 16,
+                                                    columns=["status", "key", "key_bytes",
+                                                             "dst_key"]):
+                lists.add(b)
+    summary["lists"] = lists.close()
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+class _RemediationLists:
+    """``lists/NAME.txt`` (one path per line) and ``lists/NAME.nul`` (NUL-separated).
+
+    The paths are the exact source-relative bytes (``key_bytes``; the key for
+    destination-only objects), so each list works as-is with ``rclone copy
+    --files-from-raw`` and ``wiseverify verify --files-from``.  A name holding a
+    newline cannot be a line: it is only in the ``.nul`` twin (use
+    ``--files-from0``), and ``summary.json`` counts it.
+    """
+
+    def __init__(self, out: Path, summary: dict, stack: contextlib.ExitStack) -> None:
+        self.names = [n for n in REMEDIATION_LISTS
+                      if n != "match" or (summary.get("lists") or {}).get("match_requested")]
+        self.match_requested = "match" in self.names
+        out.mkdir(parents=True, exist_ok=True)
+        self.txt, self.nul, self.counts = {}, {}, {}
+        def opened(name: str, **kw):  # renamed into place when the stack closes cleanly
+            return stack.enter_context(stack.enter_context(atomic_path(out / name)).open(**kw))
+
+        for n in self.names:
+            self.txt[n] = opened(f"{n}.txt", mode="wb")
+            self.nul[n] = opened(f"{n}.nul", mode="wb")
+            self.counts[n] = {"paths": 0, "only_in_nul": 0}
+        dest = summary.get("destination") or ""
+        self.bucket = dest[len("s3://"):].split("/", 1)[0] if dest.startswith("s3://") else ""
+        self.batch = opened(BATCH_MANIFEST, mode="w", encoding="utf-8", newline="")
+        self.batch_rows = 0
+
+    def add(self, b: pa.RecordBatch) -> None:
+        status = b.column("status")
+        kb = b.column("key_bytes")
+        path = pc.if_else(pc.is_valid(kb), kb, pc.cast(b.column("key"), pa.binary()))
+        for n in self.names:
+            sel = pc.is_in(status, value_set=pa.array(REMEDIATION_LISTS[n], pa.string()))
+            picked = pc.drop_null(path.filter(sel))
+            if not len(picked):
+                continue
+            self.nul[n].write(_joined(picked, b"\0"))
+            multi = pc.or_(pc.match_substring(picked, b"\n"), pc.match_substring(picked, b"\r"))
+            one_line = picked.filter(pc.invert(multi))
+            if len(one_line):
+                self.txt[n].write(_joined(one_line, b"\n"))
+            self.counts[n]["paths"] += len(picked)
+            self.counts[n]["only_in_nul"] += len(picked) - len(one_line)
+        if self.bucket:
+            unv = b.filter(pc.equal(status, S.UNVERIFIED))
+            for key in unv.column("dst_key").to_pylist():
+                if key:
+                    self.batch.write(f"{self.bucket},{quote(key, safe='/')}\n")
+                    self.batch_rows += 1
+
+    def close(self) -> dict:
+        return {"dir": "lists", "match_requested": self.match_requested, **self.counts,
+                "batch_manifest": {"file": f"lists/{BATCH_MANIFEST}", "objects": self.batch_rows}}
+
+
+def _joined(values: pa.Array, sep: bytes) -> pa.Buffer | bytes:
+    """``value + sep`` for every binary value, as one buffer."""
+    ended = pc.binary_join_element_wise(values, pa.scalar(b"", pa.binary()),
+                                        pa.scalar(sep, pa.binary()))
+    ended = ended.cast(pa.large_binary())
+    _, offsets, data = ended.buffers()
+    off = memoryview(offsets).cast("q")
+    start = off[ended.offset]
+    return data.slice(start, off[ended.offset + len(ended)] - start)
 
 
 def _joined_lines(lines: pa.ChunkedArray | pa.Array) -> pa.Buffer | bytes:
