@@ -179,3 +179,37 @@ def test_lustre_control_directory_never_walked(tmp_path, monkeypatch):
     mounts.write_text(f"/dev/sda1 {root} ext4 rw 0 0\n")  # not Lustre: an ordinary directory
     res = WALK.walk_dirs(str(root), [b""], str(tmp_path / "spool2.arrow"))
     assert res["count"] == 3
+
+
+def test_slices_cover_every_key_once(tmp_path, s3, bucket, run_verify):
+    root = tmp_path / "src"
+    c = s3.client()
+    for i in range(60):
+        p = root / f"d{i % 5}" / f"f{i}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"%d" % i)
+        c.put_object(Bucket=bucket, Key=f"sl/d{i % 5}/f{i}.txt", Body=b"%d" % i)
+    c.put_object(Bucket=bucket, Key="sl/extra.txt", Body=b"e")
+    seen: list[str] = []
+    for k in range(1, 5):
+        summary, rows = run_verify(root, f"s3://{bucket}/sl", slice=f"{k}/4")
+        seen += rows
+        assert summary["filters"]["slice"] == {
+            "k": k, "n": 4, "source_entries_elsewhere": 60 - sum(
+                1 for r in rows.values() if r["status"] != "EXTRA_IN_DEST"),
+            "destination_objects_elsewhere": 61 - len(rows)}
+        assert summary["incremental"]["previous_run"] is None  # another slice: no reuse
+    assert sorted(seen) == sorted([f"d{i % 5}/f{i}.txt" for i in range(60)] + ["extra.txt"])
+    proc = subprocess.run([sys.executable, "-m", "wiseverify.cli", "runs", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert "slice 4/4" in proc.stdout and "every slice has a completed run" in proc.stdout
+
+
+def test_bad_slice(tmp_path, s3, bucket):
+    src = tmp_path / "src"
+    src.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "wiseverify.cli", "verify", str(src),
+                           f"s3://{bucket}/w", "--out", str(tmp_path / "r"), "--endpoint-url",
+                           s3.url, "--slice", "5/4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--slice '5/4': expected K/N with 1 <= K <= N" in proc.stderr

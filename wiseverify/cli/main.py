@@ -126,10 +126,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         _err(f"no completed runs under {args.root}")
         return EXIT_CONFIG
-    print(f"{'run':<28} {'verdict':<7} {'keys':>10} {'discrepancies':>14} {'to sync (B)':>14}")
+    print(f"{'run':<28} {'verdict':<7} {'keys':>10} {'discrepancies':>14} {'to sync (B)':>14}"
+          f"  covers")
     for r in runs:
+        covers = "; ".join(([f"slice {r['slice']}"] if r.get("slice") else [])
+                           + r.get("filters", [])) or "all"
         print(f"{r['run_id']:<28} {r['verdict']:<7} {r['keys']:>10,} {r['discrepancies']:>14,} "
-              f"{r['bytes_to_sync']:>14,}")
+              f"{r['bytes_to_sync']:>14,}  {covers}")
+    sliced = [r for r in runs if r.get("slice")]
+    if sliced:
+        n = int(sliced[-1]["slice"].split("/")[1])
+        have = {r["slice"] for r in sliced if r["slice"].endswith(f"/{n}")}
+        todo = [f"{k}/{n}" for k in range(1, n + 1) if f"{k}/{n}" not in have]
+        print(f"slices of {n}: " + (f"missing {', '.join(todo)}" if todo else
+                                    "every slice has a completed run"))
     print(f"index: {Path(args.root) / 'runs.json'}")
     return EXIT_OK
 

@@ -185,11 +185,38 @@ def parse_filter_file(path: str) -> list[Rule]:
     return rules
 
 
+#: the per-rule counts key of the keys a ``--slice`` leaves to other slices
+SLICE = -1
+
+
+def parse_slice(text: str | None) -> tuple[int, int]:
+    """``K/N`` (1 <= K <= N) as ``(K, N)``; ``(0, 0)`` for none."""
+    if not text:
+        return 0, 0
+    k, sep, n = str(text).partition("/")
+    try:
+        kk, nn = int(k), int(n)
+    except ValueError:
+        kk = nn = 0
+    if not sep or nn < 1 or not 1 <= kk <= nn:
+        raise FilterError(f"--slice {text!r}: expected K/N with 1 <= K <= N, e.g. 3/7")
+    return kk, nn
+
+
 @dataclass
 class Filters:
-    """The run's filter rules, in the order they apply."""
+    """The run's filter rules, in the order they apply, and its ``--slice`` of the keys.
+
+    A slice ``K/N`` keeps the keys whose stable key hash falls in slice K of N
+    (the high 32 bits of :func:`wiseverify.core.keys.key_hash` modulo N, so a
+    slice is spread over every hash partition): N runs with K = 1..N cover every
+    key exactly once, as rclone's ``--hash-filter`` does.  Directories are never
+    pruned by a slice.
+    """
 
     rules: list[Rule] = field(default_factory=list)
+    slice_k: int = 0
+    slice_n: int = 0
     _compiled: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -212,18 +239,21 @@ class Filters:
 
     @classmethod
     def from_config(cls, cfg) -> Filters:
-        return cls.build(cfg.include, cfg.exclude, cfg.filter_from)
+        f = cls.build(cfg.include, cfg.exclude, cfg.filter_from)
+        f.slice_k, f.slice_n = parse_slice(getattr(cfg, "slice", None))
+        return f
 
     def __bool__(self) -> bool:
-        return bool(self.rules)
+        return bool(self.rules) or bool(self.slice_n)
 
     # --- identity --------------------------------------------------------------------
     def describe(self) -> list[str]:
-        return [r.text for r in self.rules]
+        return [r.text for r in self.rules] + (
+            [f"slice {self.slice_k}/{self.slice_n}"] if self.slice_n else [])
 
     def fingerprint(self) -> str | None:
         """Part of a run's identity: runs with different rules covered different paths."""
-        if not self.rules:
+        if not self:
             return None
         return hashlib.sha256(json.dumps(self.describe()).encode()).hexdigest()[:16]
 
@@ -254,8 +284,12 @@ class Filters:
     def keep(self, table: pa.Table, key: str = "key", size: str | None = "size",
              counts: dict | None = None) -> pa.Table:
         """``table`` without the rows the rules exclude; what each rule matched into ``counts``."""
-        if not self.rules or table.num_rows == 0:
+        if not self or table.num_rows == 0:
             return table
+        if self.slice_n:
+            table = self._in_slice(table, size, counts)
+            if not self.rules or not table.num_rows:
+                return table
         first = self.decide(table.column(key))
         excludes = pa.array([i for i, r in enumerate(self.rules) if not r.include], pa.int32())
         drop = pc.fill_null(pc.is_in(first, value_set=excludes), False)
@@ -272,6 +306,21 @@ class Filters:
                     c["entries"] += int(row["_rule_count"])
                     c["bytes"] += int(row["_size_sum"] or 0)
         return table.filter(pc.invert(drop))
+
+    def _in_slice(self, table: pa.Table, size: str | None, counts: dict | None) -> pa.Table:
+        from wiseverify.core.keys import key_hash
+
+        col = "nkey" if "nkey" in table.column_names else "key"
+        h = key_hash(table.column(col).to_numpy(zero_copy_only=False))
+        mine = ((h >> 32) % self.slice_n) == (self.slice_k - 1)
+        keep = pa.array(mine)
+        if counts is not None and not mine.all():
+            c = counts.setdefault(SLICE, _zero())
+            c["entries"] += int((~mine).sum())
+            if size:
+                out = table.column(size).filter(pc.invert(keep))
+                c["bytes"] += int(pc.sum(out).as_py() or 0)
+        return table.filter(keep)
 
     def count_pruned(self, rule: int, counts: dict) -> None:
         counts.setdefault(rule, _zero())["directories"] += 1
@@ -322,7 +371,12 @@ def summary(filters: Filters, source: dict, dest: dict) -> dict | None:
                   row[side][f] for side in ("source", "destination")
                   for f in ("entries", "directories"))]
     ex = [row for row, r in zip(rules, filters.rules, strict=True) if not r.include]
-    return {"fingerprint": filters.fingerprint(), "rules": rules,
+    sliced = None
+    if filters.slice_n:
+        sliced = {"k": filters.slice_k, "n": filters.slice_n,
+                  "source_entries_elsewhere": source.get(SLICE, _zero())["entries"],
+                  "destination_objects_elsewhere": dest.get(SLICE, _zero())["entries"]}
+    return {"fingerprint": filters.fingerprint(), "rules": rules, "slice": sliced,
             "excluded_source_entries": sum(x["source"]["entries"] for x in ex),
             "excluded_source_bytes": sum(x["source"]["bytes"] for x in ex),
             "pruned_directories": sum(x["source"]["directories"] for x in ex),

@@ -209,6 +209,9 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
            "directory of the listed keys; a key found on neither side is NOT_FOUND"),
     Option("--files-from0", "str", metavar="FILE", group=_SELECT,
            help="as --files-from, NUL-separated (lists/*.nul; names with newlines)"),
+    Option("--slice", "str", metavar="K/N", group=_FILTERS,
+           help="check only the keys in hash slice K of N (stable across runs): seven "
+           "nightly runs of --slice 1/7 .. 7/7 cover every key once a week"),
     Option("--list-match", "flag",
            help="also write lists/match.txt and lists/match.nul (every MATCH key; the other "
            "remediation lists in RUN_DIR/lists/ are always written)"),

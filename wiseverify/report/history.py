@@ -44,6 +44,10 @@ def runs_index(root: str | os.PathLike, write: bool = True) -> list[dict]:
             "discrepancies": s.get("discrepancies"), "counts": s.get("counts", {}),
             "bytes_to_sync": sum(s.get("bytes", {}).get(k, 0) for k in TO_SYNC),
             "carried": (s.get("incremental") or {}).get("carried", 0),
+            # a run of --slice K/N or with filter rules covered only part of the keys
+            "slice": ((s.get("filters") or {}).get("slice") or {}) and
+            f"{s['filters']['slice']['k']}/{s['filters']['slice']['n']}",
+            "filters": [r["rule"] for r in (s.get("filters") or {}).get("rules", [])],
         })
     runs.sort(key=lambda r: r["started"] or "")
     if write and runs:
