@@ -133,6 +133,8 @@ def _assert_readable_output(text: str, job_id: str) -> None:
     assert "Traceback" not in text, text
     assert SECRET not in text
     assert "0.0.0.0" not in text
+    # distributed's INFO chatter stays out of the job's output (WARNING by default)
+    assert " - INFO - " not in text and "close-stream" not in text, text
 
 
 @pytest.mark.slurm
@@ -373,7 +375,8 @@ def test_slurmcluster_job_script_directives(tmp_path, monkeypatch):
                      f"#SBATCH -o {tmp_path}/run/.slurm/wiseverify-worker-%J.out",
                      "#SBATCH -p debug", "#SBATCH -A stats-mig", "#SBATCH -n 1",
                      "#SBATCH --cpus-per-task=2", "#SBATCH --mem=4G", "#SBATCH -t 01:00:00",
-                     "#SBATCH --qos=normal", "module load python/3.11"):
+                     "#SBATCH --qos=normal", "module load python/3.11",
+                     "export DASK_LOGGING__DISTRIBUTED=warning"):
             assert line in script.splitlines(), (line, script)
         assert script.startswith("#!/usr/bin/env bash")
         assert f"{sys.executable} -m distributed.cli.dask_worker tls://{host}:" in script

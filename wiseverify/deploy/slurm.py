@@ -213,7 +213,9 @@ def run_in_allocation(argv: list[str], cli_main: Callable[[list[str]], int]) -> 
         protocol = "tls" if cfg.get("tls") else "tcp"
         if rank == 0:
             sched_file.parent.mkdir(parents=True, exist_ok=True)
-        if rank >= 2:
+        if not ns.debug and not _logging_configured():
+            # distributed's INFO lines (worker retire, close-stream, ...) drown the run's
+            # progress in the job's output; --debug or a dask logging setting keeps them
             logging.getLogger("distributed").setLevel(logging.WARNING)
         scheduler_options = {
             "host": host, "port": 0, "protocol": protocol,
@@ -298,3 +300,10 @@ def main(argv: list[str] | None, cli_main: Callable[[list[str]], int]) -> int:
         return 0
     return run_in_allocation(argv, cli_main)
 
+
+def _logging_configured() -> bool:
+    """Whether the user's dask config (a job file's ``dask:``, DASK_LOGGING__...) sets it."""
+    import dask
+
+    return dask.config.get("logging.distributed", None) is not None or \
+        dask.config.get("logging", {}).get("version") is not None

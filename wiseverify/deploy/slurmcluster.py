@@ -151,6 +151,10 @@ def make_cluster(cfg: dict | None = None, run_dir: str | None = None, **override
     host = node_address(cfg.get("interface"))
     python = cc.get("python") or sys.executable
     prologue = [str(line) for line in cc.get("job-script-prologue") or []]
+    if not any("DASK_LOGGING" in line for line in prologue) and \
+            dask.config.get("logging.distributed", None) is None:
+        # worker jobs log at WARNING: their INFO lines drown the job output
+        prologue.append("export DASK_LOGGING__DISTRIBUTED=warning")
     worker_args = ["--no-dashboard"]
     if not cfg.get("interface"):
         # each worker binds to its own node's address, found on that node
