@@ -95,6 +95,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not sfile.exists():
         _err(f"{run_dir} is not a completed run directory (no summary.json)")
         return EXIT_CONFIG
+    if args.only is not None:
+        from wiseverify.report.scoped import write_scoped
+
+        path, scoped = write_scoped(run_dir, args.only, args.out)
+        if scoped["verdict"] == "EMPTY":
+            _err(f"no key of run {scoped['run_id']} is at or below {args.only!r}")
+            return EXIT_CONFIG
+        print(f"{scoped['scope']}: {scoped['verdict']} ({scoped['keys']:,} keys, "
+              f"{scoped['discrepancies']:,} discrepancies) of run {scoped['run_id']}, "
+              f"manifest sha256 {scoped['run_manifest_sha256']}")
+        print(f"report: {path}")
+        return EXIT_OK if scoped["verdict"] == "PASS" else EXIT_DIFF
+    if args.out:
+        _err("--out goes with --only")
+        return EXIT_CONFIG
     summary = json.loads(sfile.read_text())
     write_outputs(run_dir, summary)  # report.html too
     print(format_table(summary))

@@ -42,9 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "its runs.json index")
     rn.add_argument("root")
 
-    r = sub.add_parser("report", help="rebuild combined.txt, discrepancies.csv, report.html "
-                       "and the summary table of RUN_DIR")
+    r = sub.add_parser("report", help="rebuild combined.txt, discrepancies.csv, lists/, "
+                       "rollup.parquet, report.html and the summary table of RUN_DIR; or, with "
+                       "--only DIR, the sign-off report of one directory")
     r.add_argument("run_dir")
+    r.add_argument("--only", metavar="DIR",
+                   help="a report of the keys at or below DIR alone, with its own verdict and "
+                   "the SHA-256 of the run's manifest, written to RUN_DIR-only-DIR/ (the run "
+                   "directory itself is left as its manifest lists it)")
+    r.add_argument("--out", metavar="DIR", help="with --only: where to write it instead")
 
     a = sub.add_parser(
         "audit", help="re-hash every file of RUN_DIR against its manifest.json and walk the "

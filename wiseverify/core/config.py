@@ -51,6 +51,7 @@ class VerifyConfig:
     exclude: list[str] = field(default_factory=list)
     filter_from: list[str] = field(default_factory=list)
     slice: str | None = None  # "K/N": the keys of hash slice K of N (core.filters)
+    rollup_depth: int = field(default=2, metadata={"lo": 0})  # rollup.parquet's directories
     list_match: bool = False  # also write lists/match.txt (as long as the run)
     files_from: str | None = None  # check exactly the keys listed (one per line) ...
     files_from0: str | None = None  # ... or NUL-separated

@@ -212,6 +212,9 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
     Option("--slice", "str", metavar="K/N", group=_FILTERS,
            help="check only the keys in hash slice K of N (stable across runs): seven "
            "nightly runs of --slice 1/7 .. 7/7 cover every key once a week"),
+    Option("--rollup-depth", "int", metavar="N",
+           help="rollup.parquet and the report's per-directory table: one row per directory "
+           "N levels deep (default 2), with its keys, bytes, statuses and verdict"),
     Option("--list-match", "flag",
            help="also write lists/match.txt and lists/match.nul (every MATCH key; the other "
            "remediation lists in RUN_DIR/lists/ are always written)"),

@@ -34,6 +34,8 @@ from wiseverify.report.summary import metadata_line, reconciliation_files, write
 
 #: discrepancies shown in the page; the rest are in discrepancies.csv
 FIRST_N = 200
+#: directories shown in the report's per-directory table (all are in rollup.parquet)
+ROLLUP_ROWS = 200
 #: top-level directories drawn; the others are folded into one bar
 TOP_DIRS = 25
 
@@ -253,6 +255,32 @@ def render(run_dir: str | os.PathLike, summary: dict, first_n: int = FIRST_N) ->
         add("</table>")
     else:
         add("<p>None.</p>")
+
+    # per-directory sign-off table (rollup.parquet)
+    rfile = Path(run_dir) / "rollup.parquet"
+    if rfile.is_file():
+        rt = pq.read_table(rfile)
+        depth = (summary.get("rollup") or {}).get("depth")
+        add(f'<h2 id="rollup">By directory (depth {_e(depth)})</h2>')
+        if rt.num_rows:
+            rows = sorted(rt.select(["dir", "keys", "bytes", "discrepancies", "verdict"])
+                          .to_pylist(), key=lambda r: (-r["discrepancies"], r["dir"]))
+            shown = rows[:ROLLUP_ROWS]
+            add(f'<p>{rt.num_rows:,} directories; {sum(r["verdict"] == "FAIL" for r in rows):,}'
+                " with discrepancies. Each owner can take a report of their own directory "
+                "with <code>wiseverify report RUN_DIR --only DIR</code>"
+                + (f"; the first {len(shown):,} are shown, all are in "
+                   '<a href="rollup.parquet">rollup.parquet</a>' if len(rows) > len(shown)
+                   else "") + ".</p>")
+            add("<table><tr><th>directory</th><th>keys</th><th>bytes</th>"
+                "<th>discrepancies</th><th>verdict</th></tr>")
+            for r in shown:
+                add(f'<tr><td class="k">{_e(r["dir"] or "/")}</td><td class="n">{r["keys"]:,}'
+                    f'</td><td class="n">{human_bytes(r["bytes"])}</td><td class="n">'
+                    f'{r["discrepancies"]:,}</td><td>{_e(r["verdict"])}</td></tr>')
+            add("</table>")
+        else:
+            add("<p>No keys.</p>")
 
     # filters: what each rule left out, on each side
     filt = summary.get("filters")

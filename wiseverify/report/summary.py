@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wiseverify.core import schema as S
-from wiseverify.core.runio import atomic_path, write_text
+from wiseverify.core.runio import atomic_path, write_atomic, write_text
 from wiseverify.core.units import human_bytes
 
 DISCREPANCY_COLUMNS = ["status", "key", "dst_key", "detail", "verified_by", "src_size",
@@ -151,6 +151,7 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
             open(tmp_comb, "wb") as comb, \
             open(tmp_csv, "w", encoding="utf-8", newline="") as disc:
         lists = _RemediationLists(run_dir / "lists", summary, stack)
+        rollup = _Rollup(int((summary.get("rollup") or {}).get("depth", DEFAULT_ROLLUP_DEPTH)))
         w = csv.writer(disc)
         w.writerow(DISCREPANCY_COLUMNS)
         for f in reconciliation_files(run_dir):
@@ -169,10 +170,76 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
                     w.writerow([row[c] for c in DISCREPANCY_COLUMNS])
             for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 16,
                                                     columns=["status", "key", "key_bytes",
-                                                             "dst_key"]):
+                                                             "dst_key", "src_size", "dst_size"]):
                 lists.add(b)
+                rollup.add(b)
     summary["lists"] = lists.close()
+    rt = rollup.table()
+    write_atomic(rt, run_dir / "rollup.parquet")
+    summary["rollup"] = {"file": "rollup.parquet", "depth": rollup.depth,
+                         "directories": rt.num_rows,
+                         "failing": int(pc.sum(pc.equal(rt.column("verdict"), "FAIL")).as_py()
+                                        or 0) if rt.num_rows else 0}
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+#: directory depth of ``rollup.parquet`` when the run did not say (``--rollup-depth``)
+DEFAULT_ROLLUP_DEPTH = 2
+
+
+class _Rollup:
+    """Keys, bytes and statuses per directory at a depth: what each study owner signs.
+
+    A key's directory is its parent path cut to ``depth`` components (files
+    above that depth count under their own parent; ``""`` is the root), so
+    every key is in exactly one row and the rows sum to the whole table.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.rx = f"^((?:[^/]*/){{0,{max(0, depth - 1)}}}[^/]*)/.*$" if depth > 0 else None
+        self.acc: dict[tuple[str, str], list[int]] = {}
+
+    def add(self, b: pa.RecordBatch) -> None:
+        key = b.column("key")
+        parent = pc.if_else(pc.match_substring(key, "/"),
+                            pc.replace_substring_regex(key, "/[^/]*$", ""), "")
+        if self.rx is None:
+            d = pa.array([""] * len(key), pa.string())
+        else:
+            d = pc.replace_substring_regex(pc.binary_join_element_wise(parent, "/", ""),
+                                           self.rx, "\\1")
+            d = pc.if_else(pc.equal(parent, ""), "", d)
+        size = pc.coalesce(b.column("src_size"), b.column("dst_size"), pa.scalar(0, pa.int64()))
+        t = pa.table({"dir": d, "status": b.column("status"), "size": size})
+        agg = t.group_by(["dir", "status"]).aggregate([("size", "count"), ("size", "sum")])
+        for dd, st, n, nb in zip(*(agg.column(c).to_pylist() for c in
+                                   ("dir", "status", "size_count", "size_sum")), strict=True):
+            cur = self.acc.setdefault((dd, st), [0, 0])
+            cur[0] += n
+            cur[1] += nb or 0
+
+    def table(self) -> pa.Table:
+        dirs = sorted({d for d, _ in self.acc})
+        present = [st for st in S.STATUSES if any(k[1] == st for k in self.acc)]
+        cols: dict[str, list] = {"dir": dirs, "keys": [], "bytes": [], "discrepancies": [],
+                                 "verdict": []}
+        per = {st: [] for st in present}
+        for d in dirs:
+            n = sum(self.acc.get((d, st), [0, 0])[0] for st in S.STATUSES)
+            nb = sum(self.acc.get((d, st), [0, 0])[1] for st in S.STATUSES)
+            bad = sum(self.acc.get((d, st), [0, 0])[0] for st in S.STATUSES
+                      if st not in S.CLEAN_STATUSES)
+            cols["keys"].append(n)
+            cols["bytes"].append(nb)
+            cols["discrepancies"].append(bad)
+            cols["verdict"].append("PASS" if bad == 0 else "FAIL")
+            for st in present:
+                per[st].append(self.acc.get((d, st), [0, 0])[0])
+        out = pa.table({**cols, **{st: pa.array(v, pa.int64()) for st, v in per.items()}})
+        return out.cast(pa.schema([pa.field(f.name, pa.int64() if f.name not in
+                                            ("dir", "verdict") else pa.string())
+                                   for f in out.schema]))
 
 
 class _RemediationLists:

@@ -358,6 +358,7 @@ def write_outputs(run: Run, inv: Spooled, parts: Partitioned, totals: dict) -> d
                               "units_computed": totals.get("units", 0)
                               - totals.get("units_reused", 0)}
     summary["lists"] = {"match_requested": cfg.list_match}
+    summary["rollup"] = {"depth": cfg.rollup_depth}
     t0 = time.monotonic()
     HTML.write_outputs(run.run_dir, summary)
     # the audit record comes last: it hashes every output, report.html included
