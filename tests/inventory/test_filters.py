@@ -213,3 +213,21 @@ def test_bad_slice(tmp_path, s3, bucket):
                            s3.url, "--slice", "5/4"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--slice '5/4': expected K/N with 1 <= K <= N" in proc.stderr
+
+
+def test_diff_names_different_rules(tmp_path, s3, bucket, run_verify):
+    from wiseverify.report.history import diff, format_diff
+
+    root = tmp_path / "src"
+    (root / "a").mkdir(parents=True)
+    for n in ("x.txt", "y.tmp"):
+        (root / "a" / n).write_bytes(n.encode())
+        s3.client().put_object(Bucket=bucket, Key=f"df/a/{n}", Body=n.encode())
+    run_verify(root, f"s3://{bucket}/df")
+    run_verify(root, f"s3://{bucket}/df", exclude=["*.tmp"])
+    a, b = sorted(p for p in tmp_path.glob("run*") if (p / "summary.json").is_file())
+    res = diff(a, b)
+    assert res["filters"] == {"a": [], "b": ["- *.tmp"], "same": False}
+    text = format_diff(res)
+    assert "different filter rules" in text and "B: - *.tmp" in text
+    assert res["removed"] == 1  # the key the rule left out, not a lost file
