@@ -83,7 +83,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_table(summary))
     print(result_line(summary, args.out), flush=True)
-    return exit_code(summary)
+    return exit_code(summary, args.fail_on)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

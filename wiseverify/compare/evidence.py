@@ -87,12 +87,21 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
     if mode == "readback":
         ev.kind, ev.algo = "readback", "crc64nvme"
         ev.spec = Spec(whole=("crc64nvme",))
-        if metadata == "all":
+        sclass = (row.get("dst_storage_class") or "STANDARD").upper()
+        may_archive = sclass in rules.ARCHIVE_CLASSES or sclass == "INTELLIGENT_TIERING"
+        if metadata == "all" or may_archive:
             try:
                 h = await _head(client, target, key, ev)
-                ev.metadata = h.get("Metadata") or {}
             except Exception as exc:
                 ev.error = error_text(exc, "HeadObject")
+                return ev
+            if metadata == "all":
+                ev.metadata = h.get("Metadata") or {}
+            tier = rules.archived_tier(sclass, h.get("ArchiveStatus"), h.get("Restore"))
+            if tier:
+                # a GET would fail with InvalidObjectState, and a restore costs money and
+                # hours: never sent; the stored evidence still stands in stored mode
+                ev.unverified = f"archived ({tier}): read-back needs a restore"
         return ev
 
     if row.get("report_checksums"):

@@ -49,6 +49,16 @@ def _parse_time_ns(value: str) -> int | None:
         return None
 
 
+def stored_file_mtime_ns(meta: dict | None) -> int | None:
+    """The ``file-mtime`` an object stores (DataSync/FSx layout) in ns, or None."""
+    if not meta:
+        return None
+    for k, v in meta.items():
+        if k.lower() == "file-mtime":
+            return _parse_time_ns(str(v))
+    return None
+
+
 def compare_posix_metadata(meta: dict | None, row: dict) -> tuple[bool, list[str]]:
     """Compare stored POSIX metadata with the source; returns (checked, differing fields)."""
     if not meta:

@@ -215,6 +215,10 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
     Option("--rollup-depth", "int", metavar="N",
            help="rollup.parquet and the report's per-directory table: one row per directory "
            "N levels deep (default 2), with its keys, bytes, statuses and verdict"),
+    Option("--fail-on", "choice", choices=("any", "corruption"), default="any", config=False,
+           help="exit 1 for any discrepancy (default), or only for corruption: a cause of "
+           "source-older-than-copy or stored-checksum-wrong (stale copies of files changed "
+           "since the last sync then exit 0; the verdict and the lists still name them)"),
     Option("--list-match", "flag",
            help="also write lists/match.txt and lists/match.nul (every MATCH key; the other "
            "remediation lists in RUN_DIR/lists/ are always written)"),

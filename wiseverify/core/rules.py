@@ -59,3 +59,28 @@ def etag_part_count(etag: str) -> int | None:
 def report_note(algorithm: str | None, report: str | None) -> str:
     """Where a report verdict's expected value came from, for ``detail``."""
     return f"{algorithm}{REPORT_NOTE}{report}"
+
+
+#: storage classes whose objects cannot be read without a restore
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+#: Intelligent-Tiering's archive tiers (HEAD's x-amz-archive-status)
+ARCHIVE_TIERS = frozenset({"ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"})
+
+
+def archived_tier(storage_class: str | None, archive_status: str | None,
+                  restore: str | None) -> str | None:
+    """The archive class or tier an object sits in unreadable, or None when a GET works.
+
+    GLACIER_IR and the other instant classes read normally.  A finished restore
+    (HEAD's ``Restore: ongoing-request="false", ...``) makes a temporary copy
+    readable.
+    """
+    sc = (storage_class or "STANDARD").upper()
+    tier = sc if sc in ARCHIVE_CLASSES else (
+        f"INTELLIGENT_TIERING {archive_status}" if (archive_status or "").upper()
+        in ARCHIVE_TIERS else None)
+    if tier is None:
+        return None
+    if restore and 'ongoing-request="false"' in restore.replace(" ", ""):
+        return None
+    return tier

@@ -41,6 +41,13 @@ STATUSES: tuple[str, ...] = (
     NOT_FOUND,
 )
 
+#: why a key differs (compare.causes); the alarms are the corruption, not a stale copy
+CAUSE_CHANGED = "source-changed-after-copy"
+CAUSE_OLDER = "source-older-than-copy"
+CAUSE_UNKNOWN = "unknown"
+CAUSE_STORED_WRONG = "stored-checksum-wrong"
+ALARM_CAUSES = frozenset({CAUSE_OLDER, CAUSE_STORED_WRONG})
+
 #: statuses that do not count as a discrepancy (exit code 0)
 CLEAN_STATUSES = frozenset({MATCH, SKIPPED})
 
@@ -178,6 +185,8 @@ RECONCILIATION = pa.schema(
         ("bytes_read_dst", pa.int64()),
         ("partition", pa.int32()),
         ("evidence_run", pa.string()),  # run id whose evidence decided this row
+        ("dst_file_mtime_ns", pa.int64()),  # the object's stored file-mtime, when seen
+        ("cause", pa.string()),  # why a key differs (compare.causes), else null
     ]
 )
 

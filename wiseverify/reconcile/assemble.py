@@ -95,6 +95,8 @@ def rows_table(ctx: Context, part: int, m: pd.DataFrame, status: list, detail: l
         "bytes_read_dst": out["bytes_read_dst"],
         "partition": [part] * n,
         "evidence_run": out["evidence_run"],
+        "dst_file_mtime_ns": out.get("dst_file_mtime_ns") or [None] * n,
+        "cause": [None] * n,
     }
     return pa.table(cols, schema=S.RECONCILIATION)
 
@@ -180,6 +182,8 @@ def assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
         "bytes_read_dst": pa.nulls(n, pa.int64()),
         "partition": pa.array(np.full(n, plan["part"], np.int32)),
         "evidence_run": pa.array([ctx.run_id], pa.string()).take(pa.array(np.zeros(n, np.int64))),
+        "dst_file_mtime_ns": pa.nulls(n, pa.int64()),
+        "cause": pa.nulls(n, pa.string()),
     }
     carried = plan.get("carried")
     if carried is not None:  # unchanged on both sides since the previous run: its evidence
@@ -206,6 +210,17 @@ def summarize(table: pa.Table) -> dict:
         if r["status"] is not None:
             counts[r["status"]] = int(r["size_count"])
             nbytes[r["status"]] = int(r["size_sum"] or 0)
+    causes = {r["values"]: int(r["counts"]) for r in
+              pc.value_counts(table.column("cause")).to_pylist() if r["values"] is not None} \
+        if "cause" in table.column_names else {}
+    classes = {}
+    present = pc.is_valid(table.column("dst_size"))
+    if pc.any(present).as_py():
+        sc = pc.fill_null(table.column("dst_storage_class").filter(present), "STANDARD")
+        agg = pa.table({"c": sc, "b": table.column("dst_size").filter(present)}).group_by(
+            "c").aggregate([("b", "count"), ("b", "sum")])
+        classes = {r["c"]: {"objects": int(r["b_count"]), "bytes": int(r["b_sum"] or 0)}
+                   for r in agg.to_pylist()}
     evid = {r["values"]: int(r["counts"]) for r in sorted(
         pc.value_counts(table.column("verified_by")).to_pylist(), key=lambda r: -r["counts"])
         if r["values"] is not None}
@@ -218,6 +233,8 @@ def summarize(table: pa.Table) -> dict:
         "counts": counts,
         "bytes": nbytes,
         "verified_by": evid,
+        "causes": causes,
+        "storage_classes": classes,
         "bytes_read_src": total("bytes_read_src"),
         "bytes_read_dst": total("bytes_read_dst"),
         "rows": table.num_rows,

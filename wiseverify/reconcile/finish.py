@@ -15,13 +15,14 @@ from collections import defaultdict
 import pandas as pd
 
 from wiseverify.compare import metascope as MS
+from wiseverify.compare.causes import add_causes
 from wiseverify.compare.evidence import (
     Evidence,
     apply_layout,
     layout_text,
     true_layout,
 )
-from wiseverify.compare.metadata import compare_posix_metadata, encryption_of
+from wiseverify.compare.metadata import compare_posix_metadata, encryption_of, stored_file_mtime_ns
 from wiseverify.core import checksums as D
 from wiseverify.core import schema as S
 from wiseverify.core.s3 import error_text
@@ -116,6 +117,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
         "dst_checksum_type", "dst_checksum", "src_digest", "src_crc64nvme", "bytes_read_src",
         "bytes_read_dst")}
     out["metadata_checked"] = [False] * n
+    out["dst_file_mtime_ns"] = [None] * n
     status = m["status"].astype(object).where(m["status"].notna(), None).tolist()
     detail = m["detail"].astype(object).where(m["detail"].notna(), None).tolist()
     out["evidence_run"] = [ctx.run_id] * n
@@ -177,6 +179,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
                     got = out["src_digest"][i] = conf["got"]
                 same = conf["same"]
                 what = f"{ev.kind}: source {got} != destination {ev.expected} ({conf['layout']})"
+        out["dst_file_mtime_ns"][i] = stored_file_mtime_ns(ev.metadata)
         if not same:
             status[i], detail[i] = S.CONTENT_MISMATCH, what
             continue
@@ -230,6 +233,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     t0 = time.perf_counter()
     table = assemble(ctx, plan, rows_table(ctx, plan["part"], m, status, detail, out))
     t1 = time.perf_counter()
+    table = add_causes(table)
     write_output(table, ctx.part_path(plan["part"]))
     t2 = time.perf_counter()
     shutil.rmtree(checkpoint_dir(ctx, plan["part"]), ignore_errors=True)

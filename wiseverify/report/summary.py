@@ -27,15 +27,19 @@ DISCREPANCY_COLUMNS = ["status", "key", "dst_key", "detail", "verified_by", "src
 
 
 def empty_totals() -> dict:
-    return {"counts": {}, "bytes": {}, "verified_by": {}, "bytes_read_src": 0,
+    return {"counts": {}, "bytes": {}, "verified_by": {}, "causes": {}, "bytes_read_src": 0,
             "bytes_read_dst": 0, "rows": 0, "requests": 0, "partitions": 0,
             "metadata_objects": 0, "metadata_compared": 0}
 
 
 def add_totals(totals: dict, part: dict) -> None:
-    for k in ("counts", "bytes", "verified_by"):
+    for k in ("counts", "bytes", "verified_by", "causes"):
         for name, v in part.get(k, {}).items():
-            totals[k][name] = totals[k].get(name, 0) + v
+            totals.setdefault(k, {})[name] = totals[k].get(name, 0) + v
+    for name, v in (part.get("storage_classes") or {}).items():
+        c = totals.setdefault("storage_classes", {}).setdefault(name, {"objects": 0, "bytes": 0})
+        c["objects"] += v["objects"]
+        c["bytes"] += v["bytes"]
     for k in ("bytes_read_src", "bytes_read_dst", "rows", "requests", "carried", "units",
               "units_reused", "metadata_objects", "metadata_compared"):
         totals[k] = totals.get(k, 0) + part.get(k, 0)
@@ -76,7 +80,20 @@ def verdict(counts: dict) -> str:
     return "PASS" if bad == 0 else "FAIL"
 
 
-def exit_code(summary: dict) -> int:
+def alarms(summary: dict) -> int:
+    """Discrepancies whose cause is corruption, not a stale copy (``source-older-than-copy``,
+    ``stored-checksum-wrong``)."""
+    return sum(n for c, n in (summary.get("causes") or {}).items() if c in S.ALARM_CAUSES)
+
+
+def exit_code(summary: dict, fail_on: str = "any") -> int:
+    """1 for any discrepancy; with ``fail_on="corruption"`` only for an alarm cause.
+
+    A scheduled dry run during the weeks of sync sees thousands of stale copies;
+    ``--fail-on corruption`` lets it page someone only for the rare real one.
+    """
+    if fail_on == "corruption":
+        return 1 if alarms(summary) else 0
     return 0 if summary["verdict"] == "PASS" else 1
 
 
@@ -99,6 +116,8 @@ def build_summary(*, run_id: str, root: str, dest: str, mode: str, metadata: str
         "bytes": nbytes,
         "verified_by": dict(sorted(totals["verified_by"].items())),
         "content_verified": sum(totals["verified_by"].values()),
+        "causes": dict(sorted((totals.get("causes") or {}).items())),
+        "storage_classes": dict(sorted((totals.get("storage_classes") or {}).items())),
         "metadata": metadata_summary(totals, metadata, metadata_sample),
         "bytes_read_source": totals["bytes_read_src"],
         "bytes_read_destination": totals["bytes_read_dst"],
@@ -337,6 +356,10 @@ def format_table(summary: dict) -> str:
     lines.append(f"{'total':<18} {summary['keys']:>12,}")
     ev = ", ".join(f"{k} {v:,}" for k, v in summary["verified_by"].items()) or "none"
     lines.append(f"content verified: {summary['content_verified']:,} ({ev})")
+    if summary.get("causes"):
+        lines.append("causes: " + ", ".join(f"{k} {v:,}" for k, v in summary["causes"].items()))
+    if summary.get("sample"):
+        lines.append(summary["sample"]["statement"])
     md = metadata_line(summary.get("metadata"))
     if md:
         lines.append(md)
@@ -355,5 +378,9 @@ def result_line(summary: dict, run_dir: str) -> str:
     """One final line for schedulers and log scrapers."""
     md = summary.get("metadata") or {}
     meta = f" metadata={md['compared']}/{md['objects']}" if md else ""
+    older = (summary.get("causes") or {}).get(S.CAUSE_OLDER, 0)
+    wrong = (summary.get("causes") or {}).get(S.CAUSE_STORED_WRONG, 0)
     return (f"wiseverify {summary['verdict']} run={summary['run_id']} keys={summary['keys']} "
-            f"discrepancies={summary['discrepancies']}{meta} out={run_dir}")
+            f"discrepancies={summary['discrepancies']} source_older_than_copy={older}"
+            + (f" stored_checksum_wrong={wrong}" if wrong else "")
+            + f"{meta} out={run_dir}")
