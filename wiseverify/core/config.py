@@ -52,6 +52,8 @@ class VerifyConfig:
     filter_from: list[str] = field(default_factory=list)
     slice: str | None = None  # "K/N": the keys of hash slice K of N (core.filters)
     rollup_depth: int = field(default=2, metadata={"lo": 0})  # rollup.parquet's directories
+    sample: str | None = None  # stored mode: also read back a sample ("0.5%", "20000")
+    sample_seed: int = 0  # the sample's seed: the same seed draws the same keys
     list_match: bool = False  # also write lists/match.txt (as long as the run)
     files_from: str | None = None  # check exactly the keys listed (one per line) ...
     files_from0: str | None = None  # ... or NUL-separated

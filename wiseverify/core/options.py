@@ -215,6 +215,12 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
     Option("--rollup-depth", "int", metavar="N",
            help="rollup.parquet and the report's per-directory table: one row per directory "
            "N levels deep (default 2), with its keys, bytes, statuses and verdict"),
+    Option("--sample", "str", metavar="SPEC",
+           help="stored mode: also read back a random sample of the content-verified keys "
+           "(a count, 20000, or a fraction, 0.5%%), size-stratified, and state the upper "
+           "bound on wrong stored checksums it proves (Clopper-Pearson, 95%% and 99%%)"),
+    Option("--sample-seed", "int", metavar="N",
+           help="seed of the --sample draw (default 0): the same seed draws the same keys"),
     Option("--fail-on", "choice", choices=("any", "corruption"), default="any", config=False,
            help="exit 1 for any discrepancy (default), or only for corruption: a cause of "
            "source-older-than-copy or stored-checksum-wrong (stale copies of files changed "

@@ -187,6 +187,8 @@ RECONCILIATION = pa.schema(
         ("evidence_run", pa.string()),  # run id whose evidence decided this row
         ("dst_file_mtime_ns", pa.int64()),  # the object's stored file-mtime, when seen
         ("cause", pa.string()),  # why a key differs (compare.causes), else null
+        # --sample: agree / disagree / inconclusive: <why> for the keys read back, else null
+        ("readback_sample", pa.string()),
     ]
 )
 

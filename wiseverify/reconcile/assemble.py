@@ -97,6 +97,7 @@ def rows_table(ctx: Context, part: int, m: pd.DataFrame, status: list, detail: l
         "evidence_run": out["evidence_run"],
         "dst_file_mtime_ns": out.get("dst_file_mtime_ns") or [None] * n,
         "cause": [None] * n,
+        "readback_sample": [None] * n,
     }
     return pa.table(cols, schema=S.RECONCILIATION)
 
@@ -184,6 +185,7 @@ def assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
         "evidence_run": pa.array([ctx.run_id], pa.string()).take(pa.array(np.zeros(n, np.int64))),
         "dst_file_mtime_ns": pa.nulls(n, pa.int64()),
         "cause": pa.nulls(n, pa.string()),
+        "readback_sample": pa.nulls(n, pa.string()),
     }
     carried = plan.get("carried")
     if carried is not None:  # unchanged on both sides since the previous run: its evidence

@@ -256,6 +256,33 @@ def render(run_dir: str | os.PathLike, summary: dict, first_n: int = FIRST_N) ->
     else:
         add("<p>None.</p>")
 
+    # what the read-back sample proves
+    smp = summary.get("sample")
+    if smp:
+        cls = ' class="warn"' if smp.get("wrong") else ""
+        add(f'<h2 id="sample">Read-back sample</h2><p{cls}>{_e(smp["statement"])}.</p>'
+            "<table><tr><th>size stratum</th><th>eligible keys</th><th>read back</th>"
+            "<th>wrong</th><th>upper bound, 95%</th><th>upper bound, 99%</th></tr>")
+        for r in smp["strata"]:
+            add(f'<tr><td>{_e(r["stratum"])}</td><td class="n">{r["eligible_keys"]:,}</td>'
+                f'<td class="n">{r["read_back"]:,}</td><td class="n">{r["wrong"]:,}</td>'
+                f'<td class="n">{r["upper_95"] * 100:.3g} %</td>'
+                f'<td class="n">{r["upper_99"] * 100:.3g} %</td></tr>')
+        add(f'</table><p class="muted">{_e(smp["method"])}; seed {smp["seed"]}; '
+            f'{smp["archived_excluded"]:,} archived objects left out; '
+            f'{smp["inconclusive"]:,} inconclusive (the source changed or a read failed).</p>')
+
+    # causes of the discrepancies
+    if summary.get("causes"):
+        add('<h2 id="causes">Why keys differ</h2><table><tr><th>cause</th><th>keys</th></tr>')
+        for c, n in summary["causes"].items():
+            warn = ' class="warn"' if c in S.ALARM_CAUSES else ""
+            add(f'<tr><td{warn}>{_e(c)}</td><td class="n">{n:,}</td></tr>')
+        add("</table><p class=\"muted\">source-changed-after-copy: a stale copy the next "
+            "sync fixes; source-older-than-copy and stored-checksum-wrong: the copy changed "
+            "after it was made (corruption); unknown: a fact is missing, named in the "
+            "key's detail.</p>")
+
     # per-directory sign-off table (rollup.parquet)
     rfile = Path(run_dir) / "rollup.parquet"
     if rfile.is_file():

@@ -60,6 +60,13 @@ def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
     except md5lanes.KernelError as exc:
         raise ConfigError(str(exc)) from None
     Filters.from_config(cfg)  # a pattern or filter file that cannot be used: one line
+    if cfg.sample:
+        from wiseverify.reconcile.sample import parse_spec
+
+        parse_spec(cfg.sample)
+        if cfg.mode != "stored":
+            raise ConfigError("--sample reads back a sample in stored mode; --mode readback "
+                              "reads every object already")
     if cfg.mode not in ("stored", "readback"):
         raise ConfigError(f"--mode must be stored or readback, got {cfg.mode!r}")
     if cfg.metadata not in ("auto", "all", "off"):
