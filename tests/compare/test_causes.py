@@ -48,6 +48,7 @@ def _stale(root: Path) -> None:
     """A file edited after its last copy: newer than the object, same size."""
     p = root / "ds/f5.dat"
     p.write_bytes(p.read_bytes()[::-1])
+    os.utime(p, (time.time() + 5, time.time() + 5))  # clearly after LastModified's second
 
 
 def test_causes(tmp_path, s3, bucket, run_verify):
@@ -79,6 +80,7 @@ def test_fail_on_corruption(tmp_path, s3, bucket):
         c.put_object(Bucket=bucket, Key=f"fo1/s{i}.txt", Body=(stale_root / f"s{i}.txt")
                      .read_bytes())
     (stale_root / "s1.txt").write_bytes(b"v2-1")  # changed since the copy
+    os.utime(stale_root / "s1.txt", (time.time() + 5, time.time() + 5))
     base = ["--endpoint-url", s3.url, "--metadata", "off"]
     only_stale = _cli(str(stale_root), f"s3://{bucket}/fo1", "--out", str(tmp_path / "a"),
                       "--fail-on", "corruption", *base)
@@ -134,3 +136,26 @@ def _run(verify, client, root, bucket, url, out, mode):
 
     return verify(VerifyConfig(source=str(root), dest=f"s3://{bucket}/ar", out=str(out),
                                endpoint_url=url, mode=mode), client, log=None)
+
+
+def test_diff_shows_a_stale_copy_catching_up(tmp_path, s3, bucket, run_verify):
+    from wiseverify.report.history import diff, format_diff
+
+    root = tmp_path / "src"
+    c = s3.client()
+    for i in range(3):
+        _write_old(root / f"k{i}.txt", b"v1-%d" % i)
+        c.put_object(Bucket=bucket, Key=f"dd/k{i}.txt", Body=(root / f"k{i}.txt").read_bytes())
+    (root / "k2.txt").write_bytes(b"v2-2")  # changed on the source during the sync weeks
+    later = time.time() + 5  # LastModified has whole seconds: clearly after it
+    os.utime(root / "k2.txt", (later, later))
+    first, rows = run_verify(root, f"s3://{bucket}/dd", metadata="off")
+    assert rows["k2.txt"]["cause"] == S.CAUSE_CHANGED
+    c.put_object(Bucket=bucket, Key="dd/k2.txt", Body=b"v2-2")  # the next sync
+    run_verify(root, f"s3://{bucket}/dd", metadata="off")
+    a, b = sorted(p for p in tmp_path.glob("run*") if (p / "summary.json").is_file())
+    res = diff(a, b)
+    moved = {(t["from"], t["to"]): t["keys"] for t in res["transitions"]}
+    assert moved[("CONTENT_MISMATCH (source-changed-after-copy)", "MATCH")] == 1
+    assert res["regression_count"] == 0
+    assert "REGRESSION" not in format_diff(res)

@@ -56,8 +56,18 @@ def runs_index(root: str | os.PathLike, write: bool = True) -> list[dict]:
 
 
 def _table(run_dir: Path) -> pa.Table:
-    return ds.dataset(run_dir / "reconciliation").to_table(
-        columns=["key", "status", "src_size", "dst_size"])
+    """key, status (with its cause, e.g. ``CONTENT_MISMATCH (source-changed-after-copy)``)
+    and sizes: a stale copy moving to MATCH as the sync catches up reads as such."""
+    d = ds.dataset(run_dir / "reconciliation")
+    names = set(d.schema.names)
+    t = d.to_table(columns=["key", "status", "src_size", "dst_size"]
+                   + (["cause"] if "cause" in names else []))
+    if "cause" in t.column_names:
+        cause = t.column("cause")
+        label = pc.if_else(pc.is_valid(cause), pc.binary_join_element_wise(
+            t.column("status"), " (", cause, ")", ""), t.column("status"))
+        t = t.set_column(1, "status", label).drop_columns(["cause"])
+    return t
 
 
 def diff(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
@@ -80,7 +90,8 @@ def diff(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
         key=lambda d: (-d["keys"], d["from"], d["to"]))
     changed = pc.not_equal(sa, sb)
     delta = j.filter(changed).select(["key", "status_a", "status_b"])
-    regress = pc.and_(pc.equal(sa, S.MATCH), pc.is_in(sb, pa.array(REGRESSIONS)))
+    base_b = pc.replace_substring_regex(sb, r" \(.*\)$", "")  # the status without its cause
+    regress = pc.and_(pc.equal(sa, S.MATCH), pc.is_in(base_b, pa.array(REGRESSIONS)))
     sum_b = json.loads((b / "summary.json").read_text()) if (b / "summary.json").is_file() else {}
     sum_a = json.loads((a / "summary.json").read_text()) if (a / "summary.json").is_file() else {}
     rules_a = [r["rule"] for r in (sum_a.get("filters") or {}).get("rules", [])]
@@ -128,7 +139,8 @@ def format_diff(result: dict, limit: int = 20) -> str:
         lines.append(f"  B: {'; '.join(f['b']) or '(none)'}")
     lines.append(f"{'from':<18} {'to':<18} {'keys':>10}")
     for t in result["transitions"]:
-        mark = "  <-- REGRESSION" if t["from"] == S.MATCH and t["to"] in REGRESSIONS else ""
+        mark = "  <-- REGRESSION" if t["from"] == S.MATCH and \
+            t["to"].split(" (")[0] in REGRESSIONS else ""
         lines.append(f"{t['from']:<18} {t['to']:<18} {t['keys']:>10,}{mark}")
     lines.append(f"keys added {result['added']:,}, removed {result['removed']:,}, "
                  f"status changed {result['changed']:,}")
