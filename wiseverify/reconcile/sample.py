@@ -43,6 +43,7 @@ from wiseverify.core import schema as S
 from wiseverify.core.errors import ConfigError
 from wiseverify.core.rules import ARCHIVE_CLASSES
 from wiseverify.core.stats import cp_upper
+from wiseverify.core.units import human_bytes
 from wiseverify.digest import hashing as HASHING
 from wiseverify.digest import units as D
 from wiseverify.reconcile.assemble import summarize, write_output
@@ -239,7 +240,7 @@ def statement(spec: str, seed: int, strata: dict, found: dict) -> dict:
                                                                    found["n"][s], 1 - alpha)
         bytes_bound[f"{int(c * 100)}"] = min(1.0, acc) if total_bytes else 1.0
     text = (f"read-back sample ({spec}, seed {seed}): {n:,} of {total_keys:,} eligible keys "
-            f"({sum(found['n_bytes']) / 1e9:.2f} of {total_bytes / 1e9:.2f} GB) read back, "
+            f"({human_bytes(sum(found['n_bytes']))} of {human_bytes(total_bytes)}) read back, "
             f"{k:,} wrong; with 95% confidence at most {keys_bound['95'] * 100:.3g}% of the "
             f"eligible keys and {bytes_bound['95'] * 100:.3g}% of their bytes have a wrong "
             f"stored checksum (99%: {keys_bound['99'] * 100:.3g}% and "
