@@ -159,6 +159,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_qualify(args: argparse.Namespace) -> int:
+    missing = [m for m in ("boto3", "moto", "crc32c") if importlib.util.find_spec(m) is None]
+    if missing:
+        _err(f"qualify needs {', '.join(missing)} for its local S3 endpoint: install "
+             "wiseverify[qualify]")
+        return EXIT_CONFIG
+    from wiseverify.qualify.main import qualify
+
+    return qualify(args.out)
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from wiseverify.report.audit import main_audit
 
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_CONFIG
     args = build_parser().parse_args(argv)
-    handler = {"verify": cmd_verify, "report": cmd_report, "audit": cmd_audit,
+    handler = {"verify": cmd_verify, "report": cmd_report, "audit": cmd_audit, "qualify": cmd_qualify,
                "diff": cmd_diff, "runs": cmd_runs, "demo": cmd_demo}[args.command]
     return handler(args)
 

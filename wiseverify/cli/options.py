@@ -52,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "directory itself is left as its manifest lists it)")
     r.add_argument("--out", metavar="DIR", help="with --only: where to write it instead")
 
+    q = sub.add_parser(
+        "qualify", help="installation and operational qualification (IQ/OQ) of this install: "
+        "writes qualification.json, qualification.html and a manifest to --out",
+        description="IQ: versions, installed files against the wheel's RECORD, the C "
+        "extensions' known answers. OQ: the built-in fixture through the pipeline on a local "
+        "S3 endpoint and a local Dask cluster, stored and read-back mode, a killed and "
+        "resumed run, an audit of a tampered copy, the request log. Needs the [qualify] "
+        "extra (the local endpoint).",
+        epilog="Exit codes: 0 every check passed, 1 a check failed, 2 usage error.")
+    q.add_argument("--out", metavar="QDIR", required=True,
+                   help="a new (or empty) directory for the record")
+
     a = sub.add_parser(
         "audit", help="re-hash every file of RUN_DIR against its manifest.json and walk the "
         "chain of earlier runs",

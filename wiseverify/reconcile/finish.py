@@ -234,6 +234,7 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     table = assemble(ctx, plan, rows_table(ctx, plan["part"], m, status, detail, out))
     t1 = time.perf_counter()
     table = add_causes(table)
+    table = _test_forced_status(table)
     write_output(table, ctx.part_path(plan["part"]))
     t2 = time.perf_counter()
     shutil.rmtree(checkpoint_dir(ctx, plan["part"]), ignore_errors=True)
@@ -247,3 +248,20 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
         "open_intervals": [r["open_interval"] for r in unit_results if r.get("open_interval")],
         "stage_s": stage_s,
     }
+
+
+def _test_forced_status(table):
+    """Test hook, only under pytest: ``WISEVERIFY_TEST_FORCE_STATUS=key=STATUS`` forces a
+    wrong status, so the test of ``wiseverify qualify`` can show a failing OQ check."""
+    import os
+
+    spec = os.environ.get("WISEVERIFY_TEST_FORCE_STATUS")
+    if not spec or not os.environ.get("PYTEST_CURRENT_TEST"):
+        return table
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    key, _, status = spec.rpartition("=")
+    hit = pc.equal(table.column("key"), key)
+    forced = pc.if_else(hit, pa.scalar(status), table.column("status"))
+    return table.set_column(table.schema.get_field_index("status"), "status", forced)

@@ -65,8 +65,9 @@ def run_files(run_dir: str | os.PathLike) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if name.startswith("."):
-                continue
+            if name.startswith(".") or not os.path.isfile(os.path.join(dirpath, name)) or \
+                    os.path.islink(os.path.join(dirpath, name)):
+                continue  # a FIFO or socket would block a hash; a link is not an output
             rel = Path(dirpath, name).relative_to(root).as_posix()
             if rel != MANIFEST:
                 out.append(rel)

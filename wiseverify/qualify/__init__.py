@@ -1,0 +1,1 @@
+"""``wiseverify qualify``: installation and operational qualification evidence (IQ/OQ)."""
