@@ -239,7 +239,7 @@ VERIFY_OPTIONS: tuple[Option, ...] = (
 )
 
 _GROUP_HELP = {
-    _FILTERS: "Which paths the run covers, in rclone's filter syntax (see docs/filters.md): "
+    _FILTERS: "Which paths the run covers, in rclone's filter syntax (see docs/selection.md): "
     "'*' within a path segment, '**' across '/', '?', '[...]', '{a,b}'; a leading '/' "
     "anchors at the root, a trailing '/' matches directories. --include rules apply "
     "first, then --exclude, then --filter-from files. The same rules apply to the source "
