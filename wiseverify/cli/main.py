@@ -174,7 +174,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from wiseverify.report.audit import main_audit
 
     return main_audit(args.run_dir, require_signature=args.require_signature, deep=args.deep,
-                      as_json=args.json)
+                      as_json=args.json, trusted_keys=args.trusted_keys)
+
+
+def cmd_signoff(args: argparse.Namespace) -> int:
+    from wiseverify.core.errors import ConfigError
+    from wiseverify.report.signoff import generate_key, sign
+
+    try:
+        if args.generate_key:
+            pub = generate_key(args.generate_key)
+            print(f"private key: {args.generate_key} (keep it to yourself)\n"
+                  f"public key: {args.generate_key}.pub {pub}")
+            return EXIT_OK
+        if not (args.run_dir and args.name and args.meaning and args.key):
+            _err("signoff needs RUN_DIR, --name, --meaning and --key (or --generate-key FILE)")
+            return EXIT_CONFIG
+        rec = sign(args.run_dir, args.name, args.meaning, args.key)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    print(f"signed run {rec['run_id']}: {rec['name']}, {rec['meaning']}, {rec['signed_at']}, "
+          f"manifest sha256 {rec['manifest_sha256']}")
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -219,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     args = build_parser().parse_args(argv)
     handler = {"verify": cmd_verify, "report": cmd_report, "audit": cmd_audit, "qualify": cmd_qualify,
+               "signoff": cmd_signoff,
                "diff": cmd_diff, "runs": cmd_runs, "demo": cmd_demo}[args.command]
     return handler(args)
 

@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "directory itself is left as its manifest lists it)")
     r.add_argument("--out", metavar="DIR", help="with --only: where to write it instead")
 
+    so = sub.add_parser(
+        "signoff", help="sign a finished run (Ed25519): who, when (UTC), what it means, and "
+        "the manifest hash it signs, appended to RUN_DIR/signatures.jsonl",
+        epilog="Exit codes: 0 signed, 2 usage error (no manifest, bad key, bad meaning).")
+    so.add_argument("run_dir", nargs="?")
+    so.add_argument("--name", help="the person signing, as on their signature manifestation")
+    so.add_argument("--meaning", choices=("reviewed", "approved"))
+    so.add_argument("--key", metavar="FILE", help="the signer's Ed25519 private key (PEM)")
+    so.add_argument("--generate-key", metavar="FILE",
+                    help="write a new Ed25519 key pair (FILE, mode 0600, and FILE.pub) and exit")
+
     q = sub.add_parser(
         "qualify", help="installation and operational qualification (IQ/OQ) of this install: "
         "writes qualification.json, qualification.html and a manifest to --out",
@@ -79,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--require-signature", action="store_true",
                    help="fail when the manifest is unsigned or its signature cannot be checked")
     a.add_argument("--json", action="store_true", help="machine-readable result")
+    a.add_argument("--trusted-keys", metavar="FILE",
+                   help="public keys (base64, one per line) a sign-off must be made with; a "
+                   "signature with any other key is a problem")
 
     d = sub.add_parser("demo", help="build a demo tree, start a local S3 endpoint, upload "
                        "with injected discrepancies and verify it")

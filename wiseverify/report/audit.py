@@ -173,7 +173,8 @@ def _walk_chain(run_dir: Path, manifest: dict, res: AuditResult, deep: bool) -> 
 
 
 def audit(run_dir: str | os.PathLike, *, key: bytes | None = None,
-          require_signature: bool = False, chain: bool = True, deep: bool = False) -> AuditResult:
+          require_signature: bool = False, chain: bool = True, deep: bool = False,
+          trusted: set[str] | None = None) -> AuditResult:
     """Recompute every hash of a run (and walk its chain); problems make the audit fail.
 
     ``deep`` also re-hashes the files of every earlier run in the chain.
@@ -186,11 +187,28 @@ def audit(run_dir: str | os.PathLike, *, key: bytes | None = None,
     _check_signature(manifest, key, require_signature, res)
     _check_files(run_dir, manifest, res)
     _check_counts(run_dir, manifest, res)
+    _check_signoffs(run_dir, res, trusted)
     if chain:
         _walk_chain(run_dir, manifest, res, deep)
     if not manifest.get("previous"):
         res.notes.append("first run of its chain (no previous manifest)")
     return res
+
+
+def _check_signoffs(run_dir: Path, res: AuditResult, trusted: set[str] | None) -> None:
+    """Every sign-off record (signoff.py); a run changed since it was signed voids them."""
+    from wiseverify.report.signoff import verify_all
+
+    changed = list(res.problems)
+    problems, notes = verify_all(run_dir, trusted)
+    res.problems += problems
+    for n in notes:
+        if changed:  # the files no longer match the manifest the signature covers
+            who = n.split(": valid", 1)[0]
+            res.problems.append(f"{who}: no longer covers the run, which changed after it "
+                                f"was signed ({changed[0]})")
+        else:
+            res.notes.append(n)
 
 
 def format_audit(res: AuditResult) -> str:
@@ -207,12 +225,22 @@ def format_audit(res: AuditResult) -> str:
 
 
 def main_audit(run_dir: str, *, require_signature: bool = False, deep: bool = False,
-               as_json: bool = False, out=None) -> int:
+               as_json: bool = False, out=None, trusted_keys: str | None = None) -> int:
     """``wiseverify audit``: 0 intact, 1 any problem, 2 no usable manifest."""
     out = out or sys.stdout
+    trusted = None
+    if trusted_keys:
+        from wiseverify.report.signoff import read_trusted
+
+        try:
+            trusted = read_trusted(trusted_keys)
+        except OSError as exc:
+            print(f"wiseverify: error: --trusted-keys {trusted_keys}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
     try:
         res = audit(run_dir, key=key_from_env(), require_signature=require_signature,
-                    deep=deep)
+                    deep=deep, trusted=trusted)
     except FileNotFoundError:
         print(f"wiseverify: error: {run_dir} has no {MANIFEST}", file=sys.stderr)
         return 2

@@ -69,7 +69,7 @@ def run_files(run_dir: str | os.PathLike) -> list[str]:
                     os.path.islink(os.path.join(dirpath, name)):
                 continue  # a FIFO or socket would block a hash; a link is not an output
             rel = Path(dirpath, name).relative_to(root).as_posix()
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, "signatures.jsonl"):  # both are written after the run
                 out.append(rel)
     return sorted(out)
 
