@@ -91,3 +91,27 @@ def test_qualify_fails_naming_check_and_requirement(release, tmp_path):
     assert "IQ-2 FAIL" in proc.stdout and "qualification FAIL" in proc.stdout
     html = (out / "qualification.html").read_text()
     assert '<p class="verdict" id="verdict">FAIL</p>' in html
+
+
+def test_against_a_scratch_prefix(s3, bucket, tmp_path):
+    """--against: refused without consent or on a non-empty prefix; else runs and cleans up."""
+    def q(*a):
+        return subprocess.run([sys.executable, "-m", "wiseverify.cli", "qualify", *a],
+                              capture_output=True, text=True, timeout=900)
+
+    dest = f"s3://{bucket}/scratch/wv"
+    no = q("--out", str(tmp_path / "a"), "--against", dest, "--endpoint-url", s3.url)
+    assert no.returncode == 2 and "confirm with --allow-writes-to" in no.stderr
+    s3.client().put_object(Bucket=bucket, Key="busy/x", Body=b"x")
+    busy = q("--out", str(tmp_path / "b"), "--against", f"s3://{bucket}/busy",
+             "--allow-writes-to", f"s3://{bucket}/busy", "--endpoint-url", s3.url)
+    assert busy.returncode == 2 and "the prefix is not empty" in busy.stderr
+    run = q("--out", str(tmp_path / "c"), "--against", dest, "--allow-writes-to",
+            f"s3://{bucket}/scratch/", "--endpoint-url", s3.url)
+    rec = json.loads((tmp_path / "c" / "qualification.json").read_text())
+    by = {c["id"]: c for c in rec["checks"]}
+    assert by["OQ-6"]["result"] == by["OQ-7"]["result"] == "PASS", run.stdout
+    assert f"on {dest}/" in by["OQ-6"]["title"]
+    left = s3.client().list_objects_v2(Bucket=bucket, Prefix="scratch/")
+    assert left.get("KeyCount", 0) == 0  # what it wrote is removed
+    assert "removed the fixture's" in run.stdout

@@ -167,7 +167,11 @@ def cmd_qualify(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from wiseverify.qualify.main import qualify
 
-    return qualify(args.out)
+    if (args.allow_writes_to or args.endpoint_url) and not args.against:
+        _err("--allow-writes-to and --endpoint-url go with --against")
+        return EXIT_CONFIG
+    return qualify(args.out, against=args.against, allow=args.allow_writes_to,
+                   endpoint_url=args.endpoint_url)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 every check passed, 1 a check failed, 2 usage error.")
     q.add_argument("--out", metavar="QDIR", required=True,
                    help="a new (or empty) directory for the record")
+    q.add_argument("--against", metavar="S3_URL",
+                   help="also run the fixture on an empty scratch prefix of your own "
+                   "S3-compatible endpoint (s3://bucket/prefix), with your credentials; the "
+                   "only mode that writes, and it removes what it wrote")
+    q.add_argument("--allow-writes-to", metavar="S3_URL",
+                   help="with --against: the prefix it may write to (the same, or above)")
+    q.add_argument("--endpoint-url", help="with --against: the endpoint (default: AWS)")
 
     a = sub.add_parser(
         "audit", help="re-hash every file of RUN_DIR against its manifest.json and walk the "

@@ -28,17 +28,20 @@ def _write(path: Path, data: bytes) -> bytes:
 
 
 def build_fixture(root: Path, s3: LocalS3, bucket: str, prefix: str = "wise/",
-                  seed: int = 7) -> dict[str, str]:
+                  seed: int = 7, create_bucket: bool = True) -> dict[str, str]:
     """Create a source tree under ``root`` and its copy in ``s3://bucket/prefix``.
 
-    Returns ``{key: expected status}`` for every key either side holds.
+    Returns ``{key: expected status}`` for every key either side holds.  ``s3`` is
+    anything with ``client(checksums=)``: the local endpoint, or the team's own
+    (``wiseverify qualify --against``, where the bucket must exist already).
     """
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     plain = s3.client(checksums=False)
     crc = s3.client(checksums=True)
-    with contextlib.suppress(plain.exceptions.BucketAlreadyOwnedByYou):
-        plain.create_bucket(Bucket=bucket)
+    if create_bucket:
+        with contextlib.suppress(plain.exceptions.BucketAlreadyOwnedByYou):
+            plain.create_bucket(Bucket=bucket)
     # a neighbour prefix that must never be listed as part of wise/
     plain.put_object(Bucket=bucket, Key=prefix.rstrip("/") + "-old/stale.txt", Body=b"old")
     plain.put_object(Bucket=bucket, Key=prefix + "docs/", Body=b"")  # folder marker

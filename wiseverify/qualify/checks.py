@@ -174,12 +174,14 @@ def environment() -> dict:
 class Fixture:
     """The demo tree on a local endpoint; and the CLI, as a user runs it."""
 
-    def __init__(self, out: Path, s3, source: Path):
+    def __init__(self, out: Path, s3, source: Path, bucket: str = "qualify",
+                 prefix: str = "oq/", create_bucket: bool = True):
         self.out, self.s3, self.source = out, s3, source
         from wiseverify.demo.tree import build_fixture
 
-        self.bucket, self.prefix = "qualify", "oq/"
-        self.expect = build_fixture(source, s3, self.bucket, self.prefix)
+        self.bucket, self.prefix = bucket, prefix
+        self.expect = build_fixture(source, s3, self.bucket, self.prefix,
+                                    create_bucket=create_bucket)
         self.dest = f"s3://{self.bucket}/{self.prefix}"
         self.log_mark = self._log_size()
 
@@ -190,11 +192,6 @@ class Fixture:
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "wiseverify.cli", *args],
                               capture_output=True, text=True, timeout=timeout)
-
-    def verify(self, run: str, *extra: str) -> subprocess.CompletedProcess:
-        return self.cli("verify", str(self.source), self.dest, "--out",
-                        str(self.out / run), "--endpoint-url", self.s3.url, "--workers", "2",
-                        "--quiet", *extra)
 
     def statuses(self, run: str) -> dict[str, str]:
         import pyarrow.dataset as ds
@@ -219,28 +216,53 @@ def _write_statuses(fx: Fixture, run: str, name: str) -> str:
     return name
 
 
-def oq_mode(fx: Fixture, mode: str) -> Check:
+class Endpoint:
+    """The team's own S3-compatible endpoint, through the standard AWS credential chain."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+        self.log_path = None
+
+    def client(self, checksums: bool = False):
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(request_checksum_calculation="when_supported" if checksums
+                     else "when_required", response_checksum_validation="when_required")
+        return boto3.client("s3", endpoint_url=self.url, config=cfg)
+
+
+def oq_mode(fx: Fixture, mode: str, ids: tuple[str, str] = ("OQ-1", "OQ-2"),
+            where: str = "") -> Check:
     reqs = ("WV-001", "WV-002", "WV-003", "WV-004", "WV-005", "WV-006", "WV-007", "WV-008",
             "WV-014") + (("WV-010",) if mode == "readback" else ())
-    c = Check("OQ-1" if mode == "stored" else "OQ-2",
-              f"the fixture through the pipeline, {mode} mode: every status as expected", reqs)
-    proc = fx.verify(f"run-{mode}", "--mode", mode)
-    summary = json.loads((fx.out / f"run-{mode}" / "summary.json").read_text()) \
-        if (fx.out / f"run-{mode}" / "summary.json").is_file() else {}
-    wrong = fx.compare(f"run-{mode}") if summary else [f"no run: {proc.stderr.strip()}"]
+    c = Check(ids[0] if mode == "stored" else ids[1],
+              f"the fixture through the pipeline, {mode} mode{where}: every status as expected",
+              reqs)
+    run = f"run-{mode}" + ("-against" if where else "")
+    extra = ("--endpoint-url", fx.s3.url) if fx.s3.url else ()
+    proc = fx.cli("verify", str(fx.source), fx.dest, "--out", str(fx.out / run),
+                  "--workers", "2", "--quiet", "--mode", mode, *extra)
+    return _judge(fx, c, run, proc)
+
+
+def _judge(fx: Fixture, c: Check, run: str, proc) -> Check:
+    summary = json.loads((fx.out / run / "summary.json").read_text()) \
+        if (fx.out / run / "summary.json").is_file() else {}
+    wrong = fx.compare(run) if summary else [f"no run: {proc.stderr.strip()}"]
     counts = {}
-    for v in fx.statuses(f"run-{mode}").values() if summary else ():
+    for v in fx.statuses(run).values() if summary else ():
         counts[v] = counts.get(v, 0) + 1
     if summary and {k: v for k, v in summary["counts"].items() if v} != counts:
         wrong.append(f"summary counts {summary['counts']} != table {counts}")
     if proc.returncode != 1:
         wrong.append(f"exit code {proc.returncode}, expected 1 (the fixture has discrepancies)")
-    unearned = [k for k, v in fx.statuses(f"run-{mode}").items()
-                if v == "MATCH" and not _verified(fx, f"run-{mode}", k)] if summary else []
+    unearned = [k for k, v in fx.statuses(run).items()
+                if v == "MATCH" and not _verified(fx, run, k)] if summary else []
     wrong += [f"{k!r}: MATCH without evidence" for k in unearned]
-    c.evidence += [_write_statuses(fx, f"run-{mode}", f"oq-{mode}-statuses.json")] \
+    c.evidence += [_write_statuses(fx, run, f"oq-{run[4:]}-statuses.json")] \
         if summary else []
-    c.evidence += [f"run-{mode}/summary.json", f"run-{mode}/manifest.json"] if summary else []
+    c.evidence += [f"{run}/summary.json", f"{run}/manifest.json"] if summary else []
     c.passed = not wrong
     c.detail = ("; ".join(wrong[:8]) if wrong else
                 f"{len(fx.expect)} keys, each with its expected status; "
@@ -339,3 +361,4 @@ COVERAGE = {"IQ-1": ("WV-013",), "IQ-2": ("WV-013",), "IQ-3": ("WV-013", "WV-003
             "OQ-2": ("WV-001", "WV-002", "WV-003", "WV-004", "WV-005", "WV-006", "WV-007",
                      "WV-008", "WV-014", "WV-010"),
             "OQ-3": ("WV-011",), "OQ-4": ("WV-012",), "OQ-5": ("WV-009",)}
+#: with --against, the team's endpoint runs OQ-1 and OQ-2 again as OQ-6 and OQ-7
