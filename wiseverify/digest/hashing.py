@@ -30,6 +30,7 @@ from wiseverify.core.checksums import (
 )
 from wiseverify.core.md5lanes import md5_many, new_lanes
 from wiseverify.core.units import open_noatime
+from wiseverify.digest.lanes import MAX_FILES_IN_LANES, Stream, read_side_by_side
 from wiseverify.digest.units import BUFFER_SIZE, RangeTask, Spec, Unit
 
 if TYPE_CHECKING:
@@ -404,68 +405,41 @@ def _unchanged_after(fd: int, r: RangeTask, out: dict) -> bool:
 def _hash_files_in_lanes(ranges: list[RangeTask], lanes) -> list[dict]:
     """Whole files whose evidence is their MD5, each its own stream, side by side in lanes.
 
-    For single-part objects above the buffer size: the files are read
-    :data:`LANE_CHUNK` at a time each, in rounds, by the same rules as
+    For single-part objects above the buffer size, by the same rules as
     :func:`hash_source_range` (the checks before and after, the error texts).
     """
-    bufs = _lane_buffers(len(ranges))
     out: list[dict] = []
     fds: list[int | None] = []
     for r in ranges:
         fd, res = _open_checked(r)
         out.append(res)
         fds.append(fd)
-    first = lanes.new(len(ranges))
     try:
-        crc_algos = [[a for a in r.item.spec.whole if a in COMBINABLE] for r in ranges]
-        crcs = [dict.fromkeys(algos, 0) for algos in crc_algos]
-        hashes = [{a: HASH_FUNCS[a]() for a in r.item.spec.whole
-                   if a not in COMBINABLE and a != "md5"} for r in ranges]
-        pos = [0] * len(ranges)
-        while True:
-            pairs = []
-            for i, r in enumerate(ranges):
-                fd = fds[i]
-                if fd is None or out[i]["error"] or pos[i] >= r.length:
-                    continue
-                try:
-                    n = os.preadv(fd, [bufs[i][:min(LANE_CHUNK, r.length - pos[i])]], pos[i])
-                except OSError as exc:
-                    out[i]["error"] = f"read failed: {exc.strerror}"
-                    continue
-                if n == 0:
-                    out[i]["error"] = f"file shrank while hashing (EOF at {pos[i]} of {r.item.size})"
-                    continue
-                mv = bufs[i][:n]
-                for a in crc_algos[i]:
-                    crcs[i][a] = CRC_FUNCS[a](mv, crcs[i][a])
-                for h in hashes[i].values():
-                    h.update(mv)
-                pairs.append((first + i, mv))
-                pos[i] += n
-            if not pairs:
-                break
-            lanes.update(pairs)
-        lanes.finish(list(range(first, first + len(ranges))))
-        for i, r in enumerate(ranges):
-            fd = fds[i]
-            if fd is None or out[i]["error"]:
+        live = [i for i, fd in enumerate(fds) if fd is not None]
+        streams = [Stream(fds[i], 0, ranges[i].length, ranges[i].item.size,
+                          crcs={a: 0 for a in ranges[i].item.spec.whole if a in COMBINABLE},
+                          hashes={a: HASH_FUNCS[a]() for a in ranges[i].item.spec.whole
+                                  if a not in COMBINABLE and a != "md5"})
+                   for i in live]
+        digests = read_side_by_side(streams, lanes) if streams else []
+        for i, s, md5 in zip(live, streams, digests, strict=True):
+            r, res = ranges[i], out[i]
+            if s.error:
+                res["error"] = s.error
                 continue
             try:
-                if not _unchanged_after(fd, r, out[i]):
+                if not _unchanged_after(s.fd, r, res):
                     continue
             except OSError as exc:
-                out[i]["error"] = f"read failed: {exc.strerror}"
+                res["error"] = f"read failed: {exc.strerror}"
                 continue
-            out[i]["bytes"] = r.length
-            out[i].update({"crc": crcs[i], "parts": {},
-                           "hash": {"md5": lanes.digest(first + i),
-                                    **{a: h.digest() for a, h in hashes[i].items()}}})
+            res["bytes"] = r.length
+            res.update({"crc": s.crcs, "parts": {},
+                        "hash": {"md5": md5, **{a: h.digest() for a, h in s.hashes.items()}}})
     finally:
         for fd in fds:
             if fd is not None:
                 os.close(fd)
-        lanes.reset()
     return out
 
 
@@ -501,31 +475,12 @@ def _parts_of(r: RangeTask) -> list[tuple[int, int]]:
             and b > a] or [(r.offset, end)]
 
 
-#: bytes read per part and call into the lanes.  All the parts' buffers together (32 x
-#: 128 KiB) stay in the CPU cache between the read and the hash: with 1 MiB each, the
-#: copy from the page cache and the hash both went to memory, and the pass ran at half
-#: the speed (benchmarks/md5.py).
-LANE_CHUNK = 128 << 10
-
-#: whole files above the buffer size hashed side by side (two lanes' worth, open at once)
-MAX_FILES_IN_LANES = 32
-
-
-def _lane_buffers(n: int) -> list[memoryview]:
-    bufs = getattr(_local, "lane_bufs", None)
-    if bufs is None or len(bufs) < n:
-        whole = memoryview(bytearray(n * LANE_CHUNK))
-        bufs = _local.lane_bufs = [whole[i * LANE_CHUNK:(i + 1) * LANE_CHUNK]
-                                   for i in range(n)]
-    return bufs
-
-
 def _read_parts_in_lanes(fd: int, r: RangeTask, parts: list[tuple[int, int]], lanes,
                          out: dict) -> dict | None:
     """The parts of a multipart object as separate MD5 streams, a lane each.
 
-    The parts of one group are read a buffer at a time each, side by side (one
-    buffer of each per call into the lanes), so every source byte is still read once; the CRCs are kept per part and the
+    The parts of one group are read side by side (:mod:`wiseverify.digest.lanes`),
+    so every source byte is still read once; the CRCs are kept per part and the
     whole-range CRC is folded from them (awscrt's combine), as for ranges.
     """
     spec = r.item.spec
@@ -536,41 +491,21 @@ def _read_parts_in_lanes(fd: int, r: RangeTask, parts: list[tuple[int, int]], la
     most = 2 * max(1, lanes.lanes)
     ngroups = -(-len(parts) // most)
     size = -(-len(parts) // ngroups)
-    bufs = _lane_buffers(size)
     part_crc: list[dict[str, int]] = []
     part_other: list[dict] = []
     part_md5: list[bytes] = []
     for g in range(0, len(parts), size):
-        group = parts[g:g + size]
-        first = lanes.new(len(group))
-        pos = [a for a, _ in group]
-        crcs = [{a: 0 for a in crc_algos} for _ in group]
-        hashes = [{a: HASH_FUNCS[a]() for a in other} for _ in group]
-        while True:
-            pairs = []
-            for i, (_, end) in enumerate(group):
-                if pos[i] >= end:
-                    continue
-                want = min(LANE_CHUNK, end - pos[i])
-                n = os.preadv(fd, [bufs[i][:want]], pos[i])
-                if n == 0:
-                    out["error"] = f"file shrank while hashing (EOF at {pos[i]} of {r.item.size})"
-                    return None
-                mv = bufs[i][:n]
-                for a in crc_algos:
-                    crcs[i][a] = CRC_FUNCS[a](mv, crcs[i][a])
-                for h in hashes[i].values():
-                    h.update(mv)
-                pairs.append((first + i, mv))
-                pos[i] += n
-            if not pairs:
-                break
-            lanes.update(pairs)
-        lanes.finish(list(range(first, first + len(group))))
-        part_md5 += [lanes.digest(first + i) for i in range(len(group))]
-        part_crc += crcs
-        part_other += [{a: h.digest() for a, h in hs.items()} for hs in hashes]
-        lanes.reset()
+        streams = [Stream(fd, a, e, r.item.size, crcs={x: 0 for x in crc_algos},
+                          hashes={x: HASH_FUNCS[x]() for x in other})
+                   for a, e in parts[g:g + size]]
+        digests = read_side_by_side(streams, lanes)
+        failed = next((s.error for s in streams if s.error), None)
+        if failed:
+            out["error"] = failed
+            return None
+        part_md5 += digests
+        part_crc += [s.crcs for s in streams]
+        part_other += [{a: h.digest() for a, h in s.hashes.items()} for s in streams]
     out["bytes"] = r.length
     whole: dict[str, int] = {}
     for a in (x for x in spec.whole if x in COMBINABLE):
