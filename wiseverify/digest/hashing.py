@@ -29,8 +29,14 @@ from wiseverify.core.checksums import (
     HASH_FUNCS,
 )
 from wiseverify.core.md5lanes import md5_many, new_lanes
-from wiseverify.core.units import open_noatime
 from wiseverify.digest.lanes import MAX_FILES_IN_LANES, Stream, read_side_by_side
+from wiseverify.digest.source import (
+    mtime_differs,
+    open_checked,
+    open_source,
+    unchanged_after,
+    with_source,
+)
 from wiseverify.digest.units import BUFFER_SIZE, RangeTask, Spec, Unit
 
 if TYPE_CHECKING:
@@ -204,20 +210,20 @@ def prehash_files(files: Iterable[tuple[bytes, int, int]],
         if stop is not None and n % 32 == 0 and stop():
             break
         try:
-            fd = _open_source(path)
+            fd = open_source(path)
         except OSError:
             continue
         try:
             st = fstat(fd)
             if not is_reg(st.st_mode) or st.st_size != size or (
-                    st.st_mtime_ns != mtime_ns and _mtime_differs(st.st_mtime_ns, mtime_ns)):
+                    st.st_mtime_ns != mtime_ns and mtime_differs(st.st_mtime_ns, mtime_ns)):
                 continue
             data = pread(fd, size, 0) if size else b""
             if len(data) != size:
                 continue
             st = fstat(fd)
             if st.st_size != size or (st.st_mtime_ns != mtime_ns
-                                      and _mtime_differs(st.st_mtime_ns, mtime_ns)):
+                                      and mtime_differs(st.st_mtime_ns, mtime_ns)):
                 continue
         except OSError:
             continue
@@ -234,29 +240,12 @@ def prehash_files(files: Iterable[tuple[bytes, int, int]],
 
 # --- source ranges ----------------------------------------------------------------------
 
-def _open_source(path: str) -> int:
-    """Open read-only without following a swapped-in FIFO into a hang, without atime if allowed."""
-    return open_noatime(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-                        | getattr(os, "O_NOFOLLOW", 0))
-
-
-def _mtime_differs(actual_ns: int, listed_ns: int) -> bool:
-    """Whether a file changed since it was listed, judged by mtime.
-
-    A listed time of whole seconds may come from a listing of second resolution
-    (``lfs find --printf %T@``), so it is compared to the second.
-    """
-    if listed_ns % 1_000_000_000 == 0:
-        return actual_ns // 1_000_000_000 != listed_ns // 1_000_000_000
-    return actual_ns != listed_ns
-
-
 def hash_source_range(r: RangeTask) -> dict:
     """Hash one range of a source file; errors and changes since listing become ``error``."""
     known = _from_known(r)
     if known is not None:
         return known
-    return _with_source(r, _read_range)
+    return with_source(r, _read_range)
 
 
 def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
@@ -300,7 +289,7 @@ def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
         lanes = new_lanes() if len(big) > 1 else None
         if lanes is None:
             for i in big:
-                out[i] = _with_source(ranges[i], _read_range)
+                out[i] = with_source(ranges[i], _read_range)
         else:
             for i, res in zip(big, _hash_files_in_lanes([ranges[i] for i in big], lanes),
                               strict=True):
@@ -315,7 +304,7 @@ def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
         item = r.item
         if not (r.offset == 0 and r.length == item.size and not item.spec.parts
                 and "md5" in item.spec.whole):
-            out[i] = _with_source(r, _read_range)
+            out[i] = with_source(r, _read_range)
             continue
         if item.size > BUFFER_SIZE:
             big.append(i)
@@ -323,7 +312,7 @@ def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
                 flush_big()
             continue
         n_before = len(datas)
-        out[i] = _with_source(r, read_whole)
+        out[i] = with_source(r, read_whole)
         if len(datas) == n_before:  # an error: nothing to hash
             continue
         if out[i]["error"]:  # read, then found changed: its bytes are not hashed
@@ -340,68 +329,6 @@ def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
     return out
 
 
-def _with_source(r: RangeTask, body: Callable[[int, RangeTask, dict], dict | None]) -> dict:
-    """Open the range's file by the rules, run ``body(fd, r, out)``, check it again after.
-
-    The rules: no atime, never blocking on a FIFO swapped in, a regular file of
-    the listed size and mtime before the read and still after it.  ``body``
-    returns the digests, or None after setting ``out["error"]``.
-    """
-    fd, out = _open_checked(r)
-    if fd is None:
-        return out
-    try:
-        digests = body(fd, r, out)
-        if digests is not None and _unchanged_after(fd, r, out):
-            out.update(digests)
-        return out
-    except OSError as exc:
-        out["error"] = f"read failed: {exc.strerror}"
-        return out
-    finally:
-        os.close(fd)
-
-
-def _open_checked(r: RangeTask) -> tuple[int | None, dict]:
-    """The range's result record, and its file opened by the rules (None after an error)."""
-    item = r.item
-    out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
-                 "bytes": 0}
-    try:
-        fd = _open_source(item.path)
-    except OSError as exc:
-        reason = "vanished since listing" if exc.errno == 2 else exc.strerror
-        out["error"] = f"cannot open: {reason}"
-        return None, out
-    try:
-        st = os.fstat(fd)
-        if not statmod.S_ISREG(st.st_mode):
-            out["error"] = "no longer a regular file"
-        elif st.st_size != item.size or _mtime_differs(st.st_mtime_ns, item.mtime_ns):
-            out["error"] = (
-                f"changed since listing (size {item.size} -> {st.st_size}, "
-                f"mtime_ns {item.mtime_ns} -> {st.st_mtime_ns})"
-            )
-    except OSError as exc:
-        out["error"] = f"read failed: {exc.strerror}"
-    if out["error"]:
-        os.close(fd)
-        return None, out
-    return fd, out
-
-
-def _unchanged_after(fd: int, r: RangeTask, out: dict) -> bool:
-    item = r.item
-    st2 = os.fstat(fd)
-    if st2.st_size != item.size or _mtime_differs(st2.st_mtime_ns, item.mtime_ns):
-        out["error"] = (
-            f"changed while hashing (size {item.size} -> {st2.st_size}, "
-            f"mtime_ns {item.mtime_ns} -> {st2.st_mtime_ns})"
-        )
-        return False
-    return True
-
-
 def _hash_files_in_lanes(ranges: list[RangeTask], lanes) -> list[dict]:
     """Whole files whose evidence is their MD5, each its own stream, side by side in lanes.
 
@@ -411,7 +338,7 @@ def _hash_files_in_lanes(ranges: list[RangeTask], lanes) -> list[dict]:
     out: list[dict] = []
     fds: list[int | None] = []
     for r in ranges:
-        fd, res = _open_checked(r)
+        fd, res = open_checked(r)
         out.append(res)
         fds.append(fd)
     try:
@@ -428,7 +355,7 @@ def _hash_files_in_lanes(ranges: list[RangeTask], lanes) -> list[dict]:
                 res["error"] = s.error
                 continue
             try:
-                if not _unchanged_after(s.fd, r, res):
+                if not unchanged_after(s.fd, r, res):
                     continue
             except OSError as exc:
                 res["error"] = f"read failed: {exc.strerror}"
