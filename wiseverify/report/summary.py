@@ -183,7 +183,7 @@ def write_lists(run_dir: str | os.PathLike, summary: dict) -> None:
                                             "\r", "\\r")
                 lines = pc.drop_null(pc.binary_join_element_wise(sig, safe, " "))
                 if len(lines):
-                    comb.write(_joined_lines(lines))
+                    comb.write(_joined(lines, b"\n"))
                 bad = b.filter(pc.invert(pc.is_in(status, value_set=clean)))
                 for row in bad.to_pylist():
                     w.writerow([row[c] for c in DISCREPANCY_COLUMNS])
@@ -317,25 +317,17 @@ class _RemediationLists:
                 "batch_manifest": {"file": f"lists/{BATCH_MANIFEST}", "objects": self.batch_rows}}
 
 
-def _joined(values: pa.Array, sep: bytes) -> pa.Buffer | bytes:
-    """``value + sep`` for every binary value, as one buffer."""
-    ended = pc.binary_join_element_wise(values, pa.scalar(b"", pa.binary()),
-                                        pa.scalar(sep, pa.binary()))
-    ended = ended.cast(pa.large_binary())
-    _, offsets, data = ended.buffers()
-    off = memoryview(offsets).cast("q")
-    start = off[ended.offset]
-    return data.slice(start, off[ended.offset + len(ended)] - start)
-
-
-def _joined_lines(lines: pa.ChunkedArray | pa.Array) -> pa.Buffer | bytes:
-    """``line\\n`` for every string, as one buffer: no Python string per key."""
-    ended = pc.binary_join_element_wise(lines, "", "\n")  # line + "\n" + ""
-    if isinstance(ended, pa.ChunkedArray):
-        ended = pa.concat_arrays(ended.chunks) if ended.num_chunks else pa.array([], pa.string())
-    ended = ended.cast(pa.large_string())
-    if not len(ended):
+def _joined(values: pa.Array | pa.ChunkedArray, sep: bytes) -> pa.Buffer | bytes:
+    """``value + sep`` for every string or binary value, as one buffer: no Python object
+    per key (combined.txt and the remediation lists are as long as the run)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = pa.concat_arrays(values.chunks) if values.num_chunks else \
+            pa.array([], values.type)
+    if not len(values):
         return b""
+    ended = pc.binary_join_element_wise(pc.cast(values, pa.binary()),
+                                        pa.scalar(b"", pa.binary()),
+                                        pa.scalar(sep, pa.binary())).cast(pa.large_binary())
     _, offsets, data = ended.buffers()
     off = memoryview(offsets).cast("q")
     start = off[ended.offset]
