@@ -158,6 +158,7 @@ def test_job_file_lists(tmp_path):
 
 
 def test_lustre_control_directory_never_walked(tmp_path, monkeypatch):
+    from wiseverify.inventory import prune as PRUNE
     from wiseverify.inventory import walk as WALK
 
     root = tmp_path / "mnt"
@@ -168,14 +169,14 @@ def test_lustre_control_directory_never_walked(tmp_path, monkeypatch):
     (root / "a").write_bytes(b"a")
     mounts = tmp_path / "mounts"
     mounts.write_text(f"10.0.0.1@tcp:/fs {root} lustre rw,flock 0 0\n")
-    monkeypatch.setattr(WALK, "MOUNTS", str(mounts))
-    monkeypatch.setattr(WALK, "_LUSTRE_ROOTS", {})
+    monkeypatch.setattr(PRUNE, "MOUNTS", str(mounts))
+    monkeypatch.setattr(PRUNE, "_LUSTRE_ROOTS", {})
     res = WALK.walk_dirs(str(root), [b""], str(tmp_path / "spool.arrow"))
     import pyarrow.ipc as ipc
 
     keys = sorted(ipc.open_file(res["spool"]).read_all().column("key").to_pylist())
     assert keys == ["a", "sub/.lustre/y"]
-    monkeypatch.setattr(WALK, "_LUSTRE_ROOTS", {})
+    monkeypatch.setattr(PRUNE, "_LUSTRE_ROOTS", {})
     mounts.write_text(f"/dev/sda1 {root} ext4 rw 0 0\n")  # not Lustre: an ordinary directory
     res = WALK.walk_dirs(str(root), [b""], str(tmp_path / "spool2.arrow"))
     assert res["count"] == 3

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wiseverify.core.filters import Filters
+from wiseverify.inventory.prune import walked_subdirs
 from wiseverify.inventory.spool import RateLimiter, _entry_row, _spill_ranges, write_spool
 from wiseverify.inventory.statx import (
     _AT_FLAGS,
@@ -428,7 +429,7 @@ def walk_dirs(
                     jobs.append((rel, fd, blob))
                 # depth first, in name order, so task outputs are reproducible
                 for sub in reversed(w.stat_dirs(jobs)):
-                    stack.extend(reversed(_walked(sub, root, filters, counts)))
+                    stack.extend(reversed(walked_subdirs(sub, root, filters, counts)))
         finally:
             w.close()
         table, nbytes = w.table()
@@ -440,43 +441,3 @@ def walk_dirs(
         return {"count": table.num_rows, "pending": ranges + list(reversed(stack)),
                 "dirs": w.dirs, "ops": w.ops, "bytes": nbytes, "threads": w.threads,
                 "spool": spool_path if table.num_rows else None, "filtered": counts}
-
-
-def _walked(subdirs: list[bytes], root: str, filters: Filters | None,
-            counts: dict) -> list[bytes]:
-    """The subdirectories to walk: not pruned by a rule, not Lustre's control directory."""
-    out = []
-    for d in subdirs:
-        if d == b".lustre" and is_lustre_mount_root(root):
-            continue
-        if filters:
-            rule = filters.prune(os.fsdecode(d))
-            if rule is not None:
-                filters.count_pruned(rule, counts)
-                continue
-        out.append(d)
-    return out
-
-
-_LUSTRE_ROOTS: dict[str, bool] = {}
-MOUNTS = "/proc/self/mounts"
-
-
-def is_lustre_mount_root(root: str) -> bool:
-    """Whether ``root`` is where a Lustre file system is mounted (its ``.lustre`` is virtual)."""
-    hit = _LUSTRE_ROOTS.get(root)
-    if hit is None:
-        hit = False
-        try:
-            real = os.path.realpath(root)
-            with open(MOUNTS, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) > 2 and parts[2] == "lustre" and \
-                            parts[1].replace("\\040", " ") == real:
-                        hit = True
-                        break
-        except OSError:
-            pass
-        _LUSTRE_ROOTS[root] = hit
-    return hit
