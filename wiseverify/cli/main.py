@@ -27,15 +27,11 @@ def _err(msg: str) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from wiseverify.deploy.cluster import prestart_local_workers
 
-    if not args.scheduler and args.cluster == "local":
-        prestart_local_workers()  # before the heavy imports below, which it overlaps
+    # the workers' forkserver starts first: its imports overlap the driver's below
+    forkserver = not args.scheduler and args.cluster == "local" and prestart_local_workers()
     from wiseverify.core.config import VerifyConfig
     from wiseverify.core.errors import ConfigError
     from wiseverify.core.options import config_from_args
-    from wiseverify.deploy.cluster import ClusterError, open_client
-    from wiseverify.report.summary import exit_code, format_table, result_line
-    from wiseverify.run.driver import verify
-    from wiseverify.run.prepare import prepare
 
     if args.resume:
         from wiseverify.run.prepare import resume_config
@@ -53,13 +49,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _err("verify needs SOURCE, DEST and --out RUN_DIR (or --resume RUN_DIR)")
             return EXIT_CONFIG
         cfg = config_from_args(args)
+    early = _background_preflight(cfg) if forkserver else None
+    from wiseverify.deploy.cluster import ClusterError, open_client
     from wiseverify.report.progress import Progress
+    from wiseverify.report.summary import exit_code, format_table, result_line
+    from wiseverify.run.driver import verify
+    from wiseverify.run.prepare import prepare
 
     progress = Progress(mode="off" if args.quiet else args.progress)
     log = None if args.quiet else progress.log
     try:
         t0 = time.monotonic()
-        prepared = prepare(cfg)  # fail fast, before a cluster is started
+        # fail fast, before a cluster is started
+        prepared = prepare(cfg, early.check if early is not None else None)
         t1 = time.monotonic()
         with open_client(args.scheduler, args.workers, args.threads_per_worker,
                          cluster=args.cluster, min_jobs=args.min_jobs, max_jobs=args.max_jobs,
@@ -84,6 +86,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(format_table(summary))
     print(result_line(summary, args.out), flush=True)
     return exit_code(summary, args.fail_on)
+
+
+def _background_preflight(cfg):
+    """The destination's preflight started now, in a process of the workers' forkserver."""
+    from wiseverify.core.s3 import S3ConfigError, S3Target
+    from wiseverify.deploy.cluster import BackgroundPreflight
+
+    try:
+        target = S3Target.parse(cfg.dest, cfg.endpoint_url, cfg.profile, cfg.region)
+    except S3ConfigError:
+        return None  # prepare() says why, in its turn
+    return BackgroundPreflight(target)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

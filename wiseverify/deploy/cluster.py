@@ -10,17 +10,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from wiseverify.core.errors import ClusterError
 
+if TYPE_CHECKING:
+    from wiseverify.core.s3 import S3Target
+
 #: imported once by the forkserver that starts local worker processes (see
-#: _fast_worker_start).  Third-party modules only: the forkserver resolves imports
-#: against its own working directory, so wiseverify itself is imported after the
-#: fork, from the driver's sys.path, exactly as a spawned worker would.
+#: _fast_worker_start): the third-party modules every worker needs.
 WORKER_PRELOAD = ("distributed", "numpy", "pandas", "pyarrow.parquet", "pyarrow.compute",
                   "pyarrow.dataset", "awscrt.checksums", "s3fs", "aiobotocore.session",
                   "botocore.session")
+#: and, when the command line starts the forkserver itself, the project's task modules:
+#: every worker would otherwise import them at its first task of each stage (about a
+#: CPU-second per process on a short run), after the driver's own imports
+PROJECT_PRELOAD = ("wiseverify.core.s3", "wiseverify.inventory.jobs",
+                   "wiseverify.inventory.prehash", "wiseverify.inventory.files_from",
+                   "wiseverify.compare.metascope", "wiseverify.run.tasks",
+                   "wiseverify.reconcile.sample")
 
 
 def _forkserver_wanted() -> bool:
@@ -32,22 +42,121 @@ def _forkserver_wanted() -> bool:
     return method == "spawn" and "forkserver" in multiprocessing.get_all_start_methods()
 
 
-def prestart_local_workers() -> None:
+@contextlib.contextmanager
+def _driver_import_path() -> Iterator[None]:
+    """Make a process started now resolve imports exactly as this one does.
+
+    The forkserver is a fresh ``python -c`` that imports its preload before any
+    preparation data reaches it, so it would find packages through its own
+    path: the working directory first.  Run from a checkout with the package
+    installed elsewhere, it would preload the checkout's modules, and every
+    worker forked from it would run them.  Here it gets this process's path,
+    and no working directory in front (``PYTHONSAFEPATH``).
+    """
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def prestart_local_workers() -> bool:
     """Start the forkserver of the embedded cluster's workers now, in the background.
 
-    Its imports (about 1.5 s of one core) then overlap the driver's own imports
-    and the preflight instead of following them; the worker processes
-    themselves are forked only when the cluster starts, after the preflight
-    has passed, so a run refused for bad input starts no worker.  A no-op
-    where :func:`_fast_worker_start` would keep the configured method.
+    Its imports (about two seconds of one core) then overlap the driver's own
+    imports and the preflight instead of following them; the worker
+    processes themselves are forked only when the cluster starts, after the
+    preflight has passed, so a run refused for bad input starts no worker.
+    Returns whether a forkserver runs (not where :func:`_fast_worker_start`
+    keeps the configured method).
+
+    For the command line only: the forkserver lives as long as the process,
+    and the project modules it preloads are those of the moment it started.
     """
     if not _forkserver_wanted():
-        return
+        return False
     import multiprocessing
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
-    forkserver.ensure_running()
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
+        return True  # started before (an earlier run in this process): as it is
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        [*WORKER_PRELOAD, *PROJECT_PRELOAD])
+    with _driver_import_path():
+        forkserver.ensure_running()
+    return True
+
+
+def _preflight_child(conn, target: S3Target, env: dict[str, str]) -> None:
+    from wiseverify.core.s3 import S3ConfigError, preflight
+
+    os.environ.update(env)
+    try:
+        preflight(target)
+        verdict = ("ok", "")
+    except S3ConfigError as exc:
+        verdict = ("refused", str(exc))
+    except BaseException as exc:  # noqa: BLE001 - the driver checks again itself
+        verdict = ("again", f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(OSError):  # the driver has stopped (a settings error): no one asks
+        conn.send(verdict)
+
+
+class BackgroundPreflight:
+    """The destination's preflight, run while the driver is still importing.
+
+    The check itself is :func:`wiseverify.core.s3.preflight`, unchanged: one
+    HeadBucket through s3fs and botocore.  Importing those and building the
+    client is most of its cost (about 0.6 s), and the prestarted forkserver
+    has them imported already, so a process forked from it makes the check
+    while the driver imports its own modules.  The verdict is only read where
+    the preflight would have run (:meth:`check`), after the settings checks,
+    so messages and their order are unchanged.  Anything but a clear verdict
+    (the child died, a different target) makes the driver check again itself.
+    """
+
+    def __init__(self, target: S3Target) -> None:
+        import concurrent.futures
+        import threading
+
+        self.target = target
+        self._verdict: concurrent.futures.Future = concurrent.futures.Future()
+        threading.Thread(target=self._run, name="wiseverify-preflight", daemon=True).start()
+
+    def _run(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        verdict: tuple[str, str] = ("again", "")
+        try:
+            recv, send = ctx.Pipe(duplex=False)
+            env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+            proc = ctx.Process(target=_preflight_child, args=(send, self.target, env),
+                               name="wiseverify-preflight", daemon=True)
+            proc.start()  # waits for the forkserver's preload
+            send.close()
+            verdict = recv.recv()
+            proc.join(5)
+        except (OSError, EOFError, ValueError) as exc:
+            verdict = ("again", str(exc))
+        finally:
+            self._verdict.set_result(verdict)
+
+    def check(self, target: S3Target) -> None:
+        """Raise the preflight's :class:`S3ConfigError`, or return when the destination is usable."""
+        from wiseverify.core.s3 import S3ConfigError, preflight
+
+        state, text = self._verdict.result() if target == self.target else ("again", "")
+        if state == "refused":
+            raise S3ConfigError(text)
+        if state != "ok":
+            preflight(target)
 
 
 @contextlib.contextmanager

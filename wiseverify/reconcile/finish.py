@@ -31,6 +31,7 @@ from wiseverify.digest import units as UNITS
 from wiseverify.reconcile.assemble import assemble, rows_table, summarize, write_output
 from wiseverify.reconcile.checkpoint import checkpoint_dir, open_files_lease
 from wiseverify.reconcile.plan import Context, _row_dict
+from wiseverify.report.pieces import write_piece
 
 
 def _computed(ev: Evidence, res: dict) -> tuple[str | None, list[str]]:
@@ -237,9 +238,11 @@ def finish_partition(ctx: Context, plan: dict, *unit_results: dict) -> dict:
     table = _test_forced_status(table)
     write_output(table, ctx.part_path(plan["part"]))
     t2 = time.perf_counter()
+    write_piece(table, ctx.part_path(plan["part"]), ctx.list_settings)
+    t3 = time.perf_counter()
     shutil.rmtree(checkpoint_dir(ctx, plan["part"]), ignore_errors=True)
     stage_s = dict(plan.get("stage_s") or {})
-    stage_s.update(finish=t0 - started, assemble=t1 - t0, write=t2 - t1)
+    stage_s.update(finish=t0 - started, assemble=t1 - t0, write=t2 - t1, lists=t3 - t2)
     return summarize(table) | {
         "requests": plan.get("requests", 0),
         "carried": plan["carried"].count if plan.get("carried") is not None else 0,

@@ -39,6 +39,7 @@ from wiseverify.inventory import checksum_report as INGEST
 from wiseverify.inventory import hsm
 from wiseverify.inventory.partition import read_partition
 from wiseverify.reconcile import settle as SETTLE
+from wiseverify.report.pieces import ListSettings
 
 
 def _clean(row: dict) -> dict:
@@ -64,7 +65,8 @@ def row_dicts(m: pd.DataFrame, idx: list[int]) -> list[dict]:
 
 #: the run's settings a partition task reads, with VerifyConfig's defaults (written once there)
 _SHARED = ("mode", "metadata", "head_min_size", "unit_bytes", "unit_files", "range_bytes",
-           "head_concurrency", "get_concurrency", "max_open_files")
+           "head_concurrency", "get_concurrency", "max_open_files", "list_match",
+           "rollup_depth")
 _DEFAULT = VerifyConfig("", "", "")
 
 
@@ -89,6 +91,8 @@ class Context:
     head_concurrency: int = _DEFAULT.head_concurrency
     get_concurrency: int = _DEFAULT.get_concurrency
     max_open_files: int | None = _DEFAULT.max_open_files  # cluster-wide cap on open source files
+    list_match: bool = _DEFAULT.list_match  # the lists each partition renders (report.pieces)
+    rollup_depth: int = _DEFAULT.rollup_depth
     min_units: int = 8  # split small partitions into at least this many units
     previous_run: str | None = None  # reuse unchanged evidence of this run (incremental)
     #: --metadata auto: the run-wide sample's decision per top-level prefix (None: sample here)
@@ -121,6 +125,10 @@ class Context:
 
     def part_path(self, part: int) -> Path:
         return self.out_dir / f"part-{part:05d}.parquet"
+
+    @property
+    def list_settings(self) -> ListSettings:
+        return ListSettings(self.list_match, self.target.bucket, self.rollup_depth)
 
 
 def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> dict:

@@ -48,6 +48,7 @@ from wiseverify.digest import hashing as HASHING
 from wiseverify.digest import units as D
 from wiseverify.reconcile.assemble import summarize, write_output
 from wiseverify.reconcile.plan import Context
+from wiseverify.report.pieces import write_piece
 
 #: upper bounds of the size strata (bytes); the last is open
 STRATA = (1 << 20, 64 << 20, 1 << 30)
@@ -207,6 +208,7 @@ def sample_partition(ctx: Context, part: int, probs: list[float], seed: int) -> 
     table = table.set_column(table.schema.get_field_index("readback_sample"),
                              "readback_sample", pa.array(verdict, pa.string()))
     write_output(table, path)
+    write_piece(table, path, ctx.list_settings)
     after = summarize(table)
     out["delta"] = {k: _diff(after.get(k, {}), before.get(k, {}))
                     for k in ("counts", "bytes", "verified_by", "causes")}

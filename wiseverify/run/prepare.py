@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -47,10 +48,13 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
+def prepare(cfg: VerifyConfig,
+            check_destination: Callable[[S3Target], None] | None = None) -> tuple[str, S3Target]:
     """Validate source and destination before any task is sent (exit 2 on failure).
 
-    Settings are checked before anything touches the network.
+    Settings are checked before the destination's verdict is taken.
+    ``check_destination`` replaces :func:`~wiseverify.core.s3.preflight` with
+    one that gives the same verdict (the command line's, made in the background).
     """
     from wiseverify.core.s3 import S3ConfigError
 
@@ -77,7 +81,7 @@ def prepare(cfg: VerifyConfig) -> tuple[str, S3Target]:
     root = resolve_source(cfg.source)
     try:
         target = S3Target.parse(cfg.dest, cfg.endpoint_url, cfg.profile, cfg.region)
-        preflight(target)
+        (check_destination or preflight)(target)
     except S3ConfigError as exc:
         raise ConfigError(str(exc)) from None
     if cfg.resume:
