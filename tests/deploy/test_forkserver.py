@@ -1,0 +1,45 @@
+"""The command line's forkserver preloads the project: the workers must run the driver's copy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    from wiseverify.deploy.cluster import open_client, prestart_local_workers
+
+    def where():
+        import wiseverify, wiseverify.run.tasks
+        return [wiseverify.__file__, wiseverify.run.tasks.__file__]
+
+    if __name__ == "__main__":
+        assert prestart_local_workers()
+        import wiseverify
+        with open_client(workers=1, threads_per_worker=1) as client:
+            print(json.dumps({"driver": wiseverify.__file__,
+                              "workers": list(client.run(where).values())}))
+""")
+
+
+def test_workers_import_the_drivers_package_not_the_working_directorys(tmp_path):
+    """Run from a directory that holds another ``wiseverify`` (a checkout, with the
+    package installed elsewhere), the preloaded workers still run the driver's."""
+    decoy = tmp_path / "cwd" / "wiseverify"
+    (decoy / "run").mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")  # imports: it would stay in the forkserver
+    (decoy / "run" / "__init__.py").write_text("")
+    (decoy / "run" / "tasks.py").write_text("")
+    script = tmp_path / "drive.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    p = subprocess.run([sys.executable, str(script)], cwd=decoy.parent, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = __import__("json").loads(p.stdout.strip().splitlines()[-1])
+    assert not out["driver"].startswith(str(tmp_path))
+    [(pkg, tasks)] = out["workers"]
+    assert pkg == out["driver"]
+    assert tasks.startswith(os.path.dirname(out["driver"]))
