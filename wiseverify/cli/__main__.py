@@ -1,7 +1,5 @@
 """``python -m wiseverify.cli``: the same as the ``wiseverify`` command."""
 
-import sys
+from wiseverify.cli.main import run
 
-from wiseverify.cli.main import main
-
-sys.exit(main())
+run()
