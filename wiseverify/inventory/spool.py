@@ -123,7 +123,10 @@ def read_spool(path: str | os.PathLike, columns: list[str] | None = None) -> pa.
     with open(path, "rb") as f:
         ipc = f.read(6) == b"ARROW1"
     if ipc:
-        with pa.OSFile(str(path), "rb") as f:
+        # mapped, not read: a prehash job takes a few thousand rows of a spool that
+        # may hold a whole walk task's, and reading all of it for each job cost more
+        # than hashing the job's files
+        with pa.memory_map(str(path), "r") as f:
             table = pa.ipc.open_file(f).read_all()
         return table.select(columns) if columns else table
     return pq.read_table(path, columns=columns)

@@ -54,7 +54,7 @@ from wiseverify.run.tasks import partition_job
 #: below this many keys per worker process a run stays in one partition
 SPLIT_MIN_ROWS = 5_000
 #: source rows per prehash job
-PREHASH_ROWS = 1_000
+PREHASH_ROWS = 10_000
 
 
 def _progress(log: Callable[[str], None] | None):
