@@ -35,7 +35,7 @@ from wiseverify.reconcile import checkpoint as CHECKPOINT
 from wiseverify.reconcile import finish as FINISH
 from wiseverify.reconcile import plan as R
 from wiseverify.reconcile import settle as SETTLE
-from wiseverify.run.tasks import _known_for
+from wiseverify.run.tasks import _known_for, _prehashed
 
 MiB = 1 << 20
 MTIME = 1_700_000_000_123_456_789
@@ -263,10 +263,12 @@ def _reconcile(ctx: R.Context, prehash: str, settle: bool, monkeypatch) -> pa.Ta
         if not settle:
             mp.setattr(SETTLE, "settle", lambda *a, **kw: None)
         plan = R.plan_partition(ctx, 0, prehash)
-        with D.known_digests(_known_for(prehash, ctx.root, 0)):
-            results = [CHECKPOINT.run_unit(ctx, plan["units"], i) for i in range(len(plan["units"]))]
+        results = []
+        for i, unit in enumerate(plan["units"]):  # as each digest task serves its unit
+            with D.known_digests(_known_for(prehash, ctx.root, 0, unit)):
+                results.append(CHECKPOINT.run_unit(ctx, plan["units"], i))
         counts = FINISH.finish_partition(ctx, plan, *results)
-    _known_for.cache_clear()
+    _prehashed.cache_clear()
     return pq.read_table(ctx.part_path(0)), counts, plan
 
 

@@ -76,7 +76,7 @@ def _np(arr) -> np.ndarray:
 
 
 def known_table(prehash_dir: str | None, part: int) -> pa.Table | None:
-    """The prehashed digests of one partition (``pipeline._known_for``'s files and order).
+    """The prehashed digests of one partition (``run.tasks._known_for``'s files and order).
 
     With ``_valid``: both digests, the size and the mtime present.
     """
@@ -296,7 +296,7 @@ def _table(pos: np.ndarray, **cols) -> pa.Table:
 def _known_rows(mt: Matched, known: pa.Table, need: np.ndarray, size: np.ndarray) -> np.ndarray:
     """Row of ``known`` holding each row's digests for its listed size and mtime, or -1.
 
-    The last entry of a path wins, as in the dict ``pipeline._known_for`` builds.
+    The last entry of a path wins, as in the dict ``run.tasks._known_for`` builds.
     """
     n = len(mt)
     at = np.full(n, -1, np.int64)

@@ -19,14 +19,33 @@ from wiseverify.report import progress as PROG
 
 
 @functools.lru_cache(maxsize=2)
-def _known_for(prehash_dir: str, root: str, part: int) -> dict:
-    """The prehashed digests of one partition, by absolute path (cached per process)."""
+def _prehashed(prehash_dir: str, part: int):
+    """The prehashed digests of one partition, as a table (cached per process)."""
     from wiseverify.core import schema as S
 
-    broot = os.fsencode(root)
-    t = INV.read_partition(prehash_dir, part, S.PREHASH,
-                           ["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"]).to_pydict()
-    return {broot + b"/" + kb: (size, mtime, md5, crc)  # the last entry of a path wins
+    return INV.read_partition(prehash_dir, part, S.PREHASH,
+                              ["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"])
+
+
+def _known_for(prehash_dir: str, root: str, part: int, unit) -> dict:
+    """The prehashed digests of a unit's whole files, by absolute path.
+
+    Only the unit's: with most files settled column by column from the prehash,
+    the units left are a few files each, and a dict of the whole partition
+    (250,000 entries) cost more than all of their hashing.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    broot = os.fsencode(root) + b"/"
+    rel = [r.item.path[len(broot):] for r in unit.ranges
+           if r.offset == 0 and r.item.path.startswith(broot)]
+    if not rel:
+        return {}
+    t = _prehashed(prehash_dir, part)
+    t = t.filter(pc.is_in(t.column("key_bytes"), value_set=pa.array(rel, pa.binary())))
+    t = t.to_pydict()
+    return {broot + kb: (size, mtime, md5, crc)  # the last entry of a path wins
             for kb, size, mtime, md5, crc in zip(t["key_bytes"], t["size"], t["mtime_ns"],
                                                  t["md5"], t["crc64nvme"], strict=True)}
 
@@ -52,8 +71,8 @@ def _unit_job(ctx: R.Context, units_file: str, topic: str | None, part: int, i: 
     task's arguments stay in the scheduler (in the driver's process on a local
     cluster) until the run ends, and a unit holds an object per file.
     """
-    known = _known_for(prehash_dir, ctx.root, part) if prehash_dir else None
     unit = _units(units_file)[i]
+    known = _known_for(prehash_dir, ctx.root, part, unit) if prehash_dir else None
     with D.known_digests(known):
         res = CHECKPOINT.run_unit_checkpointed(ctx, unit, part, i)
     PROG.unit_done(topic, files=sum(1 for r in unit.ranges if r.offset == 0),
