@@ -54,7 +54,7 @@ from wiseverify.run.tasks import partition_job
 #: below this many keys per worker process a run stays in one partition
 SPLIT_MIN_ROWS = 5_000
 #: source rows per prehash job
-PREHASH_ROWS = 10_000
+PREHASH_ROWS = 2_000
 #: spool rows per compaction task: at most this many (what one task holds in memory) ...
 COMPACT_ROWS_MAX = 500_000
 #: ... and at least this many, else a task per thread of the cluster
