@@ -71,8 +71,9 @@ def prestart_local_workers() -> bool:
 
     Its imports (about two seconds of one core) then overlap the driver's own
     imports and the preflight instead of following them; the worker
-    processes themselves are forked only when the cluster starts, after the
-    preflight has passed, so a run refused for bad input starts no worker.
+    processes themselves are forked only when the cluster starts, after every
+    settings check has passed, so a run refused for bad settings starts no
+    worker (one refused by the destination closes the cluster started meanwhile).
     Returns whether a forkserver runs (not where :func:`_fast_worker_start`
     keeps the configured method).
 
@@ -91,6 +92,12 @@ def prestart_local_workers() -> bool:
     with _driver_import_path():
         forkserver.ensure_running()
     return True
+
+
+def _aws_env() -> dict[str, str]:
+    """Today's AWS settings (credentials, endpoint, profile): what a process forked from the
+    forkserver must be handed, as it inherits the forkserver's environment, not this one's."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
 def _preflight_child(conn, target: S3Target, env: dict[str, str]) -> None:
@@ -136,8 +143,7 @@ class BackgroundPreflight:
         verdict: tuple[str, str] = ("again", "")
         try:
             recv, send = ctx.Pipe(duplex=False)
-            env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-            proc = ctx.Process(target=_preflight_child, args=(send, self.target, env),
+            proc = ctx.Process(target=_preflight_child, args=(send, self.target, _aws_env()),
                                name="wiseverify-preflight", daemon=True)
             proc.start()  # waits for the forkserver's preload
             send.close()
@@ -272,9 +278,7 @@ def open_client(
             dashboard_address="127.0.0.1:0",
             memory_limit=memory_limit,
             silence_logs=logging.ERROR if quiet else logging.WARNING,
-            # forked workers inherit the forkserver's environment: hand them today's
-            # AWS settings (credentials, endpoint, profile) explicitly
-            env={k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+            env=_aws_env(),
         )
     client = Client(local)
     try:

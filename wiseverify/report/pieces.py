@@ -11,7 +11,7 @@ partition order and adds up their rollup counts
 (:func:`wiseverify.report.summary.write_lists`).
 
 A share is used only when it was rendered from the very file now in place (same
-size and mtime) with the settings the summary asks for (``--list-match``, the
+size, mtime and inode) with the settings the summary asks for (``--list-match``, the
 bucket, ``--rollup-depth``).  Any other partition (one written by an older
 version, one rewritten since) is rendered from its Parquet file by the driver,
 with the same :class:`Sinks`, so the bytes are the same either way.  The shares

@@ -20,12 +20,6 @@ from wiseverify.core.runio import write_atomic, write_text
 from wiseverify.core.units import human_bytes
 from wiseverify.report import pieces as P
 
-#: re-exported: the lists are rendered in :mod:`wiseverify.report.pieces`
-DISCREPANCY_COLUMNS = P.DISCREPANCY_COLUMNS
-REMEDIATION_LISTS = P.REMEDIATION_LISTS
-BATCH_MANIFEST = P.BATCH_MANIFEST
-DEFAULT_ROLLUP_DEPTH = P.DEFAULT_ROLLUP_DEPTH
-
 
 def empty_totals() -> dict:
     return {"counts": {}, "bytes": {}, "verified_by": {}, "causes": {}, "bytes_read_src": 0,

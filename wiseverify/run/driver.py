@@ -55,23 +55,6 @@ from wiseverify.run.tasks import partition_job
 SPLIT_MIN_ROWS = 5_000
 #: source rows per prehash job
 PREHASH_ROWS = 2_000
-#: spool rows per compaction task: at most this many (what one task holds in memory) ...
-COMPACT_ROWS_MAX = 500_000
-#: ... and at least this many, else a task per thread of the cluster
-COMPACT_ROWS_MIN = 50_000
-
-
-def compaction_rows(rows: int, nthreads: int) -> int:
-    """Rows per compaction task: one side's rows shared by every thread, within bounds.
-
-    With a fixed million rows, a million-file run compacted each side in one
-    task (the partition stage was 6.6 s of a 1M-file run, on 3 of 4 threads) and
-    that task was the worker's memory peak (1.3 GB).  More groups mean more
-    files per partition (one per group), so the bound stays at half a million.
-    """
-    return int(min(COMPACT_ROWS_MAX, max(COMPACT_ROWS_MIN, math.ceil(rows / max(1, nthreads)))))
-
-
 def _progress(log: Callable[[str], None] | None):
     def say(msg: str) -> None:
         if log is not None:
@@ -254,7 +237,7 @@ def partition_stage(run: Run, inv: Spooled) -> Partitioned:
     sample_k = MS.SAMPLE_PER_PREFIX if cfg.metadata == "auto" and cfg.mode == "stored" else 0
     inv_dir = run.run_dir / "inventory"
     futs, dst_futs = [], []
-    group_rows = compaction_rows(max(inv.stats["src_rows"], inv.stats["dst_rows"]), run.nthreads)
+    group_rows = INVSTAGE.compaction_rows(max(inv.stats["src_rows"], inv.stats["dst_rows"]), run.nthreads)
     for side, spools in (("src", inv.src), ("dst", inv.dst), ("checksums", inv.checksums)):
         for gi, group in enumerate(INVSTAGE.groups(spools, group_rows)):
             futs.append(client.submit(INV.compact, group, str(inv_dir / side), nparts,

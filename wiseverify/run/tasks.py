@@ -11,20 +11,14 @@ import pickle
 
 from wiseverify.core.runio import write_bytes
 from wiseverify.digest import hashing as D
-from wiseverify.inventory import partition as INV
 from wiseverify.reconcile import checkpoint as CHECKPOINT
 from wiseverify.reconcile import finish as FINISH
 from wiseverify.reconcile import plan as R
+from wiseverify.reconcile import settle as SETTLE
 from wiseverify.report import progress as PROG
 
-
-@functools.lru_cache(maxsize=2)
-def _prehashed(prehash_dir: str, part: int):
-    """The prehashed digests of one partition, as a table (cached per process)."""
-    from wiseverify.core import schema as S
-
-    return INV.read_partition(prehash_dir, part, S.PREHASH,
-                              ["key_bytes", "size", "mtime_ns", "md5", "crc64nvme"])
+#: the prehashed digests of one partition as settle reads them, cached per process
+_prehashed = functools.lru_cache(maxsize=2)(SETTLE.known_table)
 
 
 def _known_for(prehash_dir: str, root: str, part: int, unit) -> dict:
@@ -43,6 +37,8 @@ def _known_for(prehash_dir: str, root: str, part: int, unit) -> dict:
     if not rel:
         return {}
     t = _prehashed(prehash_dir, part)
+    if t is None:
+        return {}
     t = t.filter(pc.is_in(t.column("key_bytes"), value_set=pa.array(rel, pa.binary())))
     t = t.to_pydict()
     return {broot + kb: (size, mtime, md5, crc)  # the last entry of a path wins
