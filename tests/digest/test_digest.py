@@ -227,8 +227,9 @@ def test_signer_matches_botocore_sigv4(monkeypatch, token):
     import botocore.auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
+    from botocore.utils import percent_encode_sequence
 
-    from wiseverify.digest.getrange import Signer, host_header
+    from wiseverify.core.sigv4 import Signer, canonical_query, host_header
 
     now = datetime.datetime(2026, 11, 26, 15, 4, 5)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
@@ -247,6 +248,17 @@ def test_signer_matches_botocore_sigv4(monkeypatch, token):
             assert ours["Authorization"] == req.headers["Authorization"], (origin, key)
             for h in ("X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Security-Token"):
                 assert ours.get(h) == req.headers.get(h)
+        # a listing page: the query string signed, as botocore encodes and sorts it
+        for key in HOSTILE_KEYS:
+            params = {"list-type": "2", "prefix": key, "encoding-type": "url",
+                      "continuation-token": "1/+x=="}
+            query = canonical_query(params)
+            assert query == "&".join(sorted(percent_encode_sequence(params).split("&")))
+            req = AWSRequest("GET", f"{origin}{base or '/'}?{query}")
+            botocore.auth.S3SigV4Auth(creds, "s3", "eu-west-1").add_auth(req)
+            ours = signer.headers(host_header(origin), base or "/", {},
+                                  amz_date="20261126T150405Z", query=query)
+            assert ours["Authorization"] == req.headers["Authorization"], (origin, key)
 
 
 def _readback(target, bucket, ranges, fast: bool, via_send: bool = False):
@@ -264,9 +276,9 @@ def _readback(target, bucket, ranges, fast: bool, via_send: bool = False):
         client = await target.client()
         getter = await RangeGetter.for_client(client, bucket) if fast else None
         if getter is not None:
-            assert getter._session is not None
+            assert getter.endpoint.session is not None
             if via_send:
-                getter._session = None
+                getter.endpoint.session = None
         box["getter"] = getter
         return await gather_limited(
             ranges, lambda r: HASHING.hash_object_range(client, bucket, r, getter), 8)

@@ -182,6 +182,69 @@ def test_listing_is_strictly_under_the_prefix(s3, bucket, tmp_path):
     assert res["pending"] == ["dir/", "sub/"]
 
 
+LISTING_KEYS = ["plain.bin", "sp ace/\u00fc+%2F~x", "a//b", "/lead", "q?x#y&z=1",
+                "semi;colon,comma=eq", "plus+sign", "pct%20x", "NFD e\u0301", "emoji \U0001F600",
+                "amp&lt;not-an-entity", "deep/er/still/k"]
+
+
+def _pages(target, prefix, delimiter, lean: bool):
+    """Every page under ``prefix``: through the locally signed path, or botocore's."""
+
+    async def go():
+        client = await target.client()
+        lister = await S3LIST.PageLister.for_client(client, target.bucket)
+        if not lean:
+            lister.endpoint = None
+        out, token = [], None
+        while True:
+            page = await lister.page(prefix, delimiter, token)
+            out.append(page)
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return out, lister
+
+    return target.run(go)
+
+
+def _fields(page: dict) -> dict:
+    keep = ("Key", "Size", "ETag", "LastModified", "StorageClass", "ChecksumAlgorithm",
+            "ChecksumType")
+    return {"Contents": [{k: o[k] for k in keep if k in o} for o in page.get("Contents", ())],
+            "CommonPrefixes": [{"Prefix": p["Prefix"]} for p in page.get("CommonPrefixes", ())],
+            "IsTruncated": page.get("IsTruncated"),
+            "NextContinuationToken": page.get("NextContinuationToken")}
+
+
+def test_locally_signed_listing_pages_equal_botocore_pages(s3, bucket):
+    """Same keys (url-decoded as botocore does), sizes, ETags, times, checksums and
+    continuation tokens as botocore's parser, over 1,000-key pages and awkward keys."""
+    plain, crc = s3.client(), s3.client(checksums=True)
+    for i, key in enumerate(LISTING_KEYS):
+        kw = {"ChecksumAlgorithm": "CRC64NVME"} if i % 2 else {}
+        (crc if i % 2 else plain).put_object(Bucket=bucket, Key="p/" + key, Body=b"x" * i,
+                                             StorageClass="STANDARD_IA" if i % 3 else "STANDARD",
+                                             **kw)
+    for i in range(1_005):
+        plain.put_object(Bucket=bucket, Key=f"p/many/{i:05d}", Body=b"")
+    target = S3Target(bucket, "p/", s3.url)
+    for prefix, delimiter in (("p/", None), ("p/", "/"), ("p/sp ace/", None), ("p/zz", None)):
+        ref, boto = _pages(target, prefix, delimiter, lean=False)
+        got, lister = _pages(target, prefix, delimiter, lean=True)
+        assert [_fields(p) for p in got] == [_fields(p) for p in ref], (prefix, delimiter)
+        assert lister.lean == len(got) and lister.botocore == 0 and boto.lean == 0
+    assert len(ref) == 1 and len(_pages(target, "p/", None, lean=True)[0]) == 2
+    keys = {o["Key"] for p in _pages(target, "p/", None, True)[0] for o in p["Contents"]}
+    assert keys == {"p/" + k for k in LISTING_KEYS} | {f"p/many/{i:05d}" for i in range(1_005)}
+
+
+def test_a_refused_listing_page_is_asked_again_through_botocore(s3, tmp_path):
+    """A missing bucket: the signed page is refused, botocore's error is the row's text."""
+    target = S3Target.parse("s3://no-such-bucket-here/wise", endpoint_url=s3.url)
+    res = S3LIST.list_prefix(target, "", False, str(tmp_path / "l.parquet"))
+    assert res["error"] == ("listing 'wise/' failed: ListObjectsV2: HTTP 404 NoSuchBucket: "
+                            "The specified bucket does not exist")
+
+
 def test_unicode_twins_share_a_partition():
     nfc = unicodedata.normalize("NFC", "caf\u00e9/r\u00e9sum\u00e9.txt")
     nfd = unicodedata.normalize("NFD", nfc)

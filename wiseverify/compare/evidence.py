@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from wiseverify.core import rules
 from wiseverify.core.rules import ALGO_COST, MD5_RE, REPORT_ALGOS, STORED_ALGOS
 from wiseverify.core.s3 import S3Target, error_code, error_text, gather_limited
+from wiseverify.core.sigv4 import head_reader
 from wiseverify.digest.units import Spec
 
 
@@ -62,9 +63,11 @@ def _with_crc64(whole: tuple[str, ...]) -> tuple[str, ...]:
     return whole if "crc64nvme" in whole else (*whole, "crc64nvme")
 
 
-async def _head(client, target: S3Target, key: str, ev: Evidence, **kw) -> dict:
+async def _head(client, target: S3Target, key: str, ev: Evidence,
+                part_number: int | None = None, checksum_mode: bool = False) -> dict:
     ev.requests += 1
-    return await client.head_object(Bucket=target.bucket, Key=key, **kw)
+    reader = await head_reader(client, target.bucket)
+    return await reader.head(key, part_number, checksum_mode)
 
 
 async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str,
@@ -120,7 +123,7 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
     head: dict | None = None
     if want_checksum or metadata == "all":
         try:
-            head = await _head(client, target, key, ev, ChecksumMode="ENABLED")
+            head = await _head(client, target, key, ev, checksum_mode=True)
         except Exception as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 ev.error = "object disappeared since listing (HeadObject 404)"
@@ -180,7 +183,7 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
 
     # 2. multipart: the part layout is needed for a composite checksum or the ETag
     try:
-        h1 = await _head(client, target, key, ev, PartNumber=1)
+        h1 = await _head(client, target, key, ev, part_number=1)
     except Exception as exc:
         ev.error = error_text(exc, "HeadObject PartNumber=1")
         return ev
@@ -224,7 +227,7 @@ async def part_lengths(client, target: S3Target, key: str, count: int, ev: Evide
     """The length of parts ``start..count``, one ``HeadObject(PartNumber=i)`` each."""
 
     async def part_len(i: int) -> int:
-        h = await _head(client, target, key, ev, PartNumber=i)
+        h = await _head(client, target, key, ev, part_number=i)
         return int(h["ContentLength"])
 
     return await gather_limited(range(start, count + 1), part_len, 8)

@@ -7,10 +7,11 @@ object metadata, and this is where they are read back and compared with the sour
 from __future__ import annotations
 
 from wiseverify.core.s3 import S3Target, gather_limited
+from wiseverify.core.sigv4 import head_reader
 
 
 async def _sse_of(client, target: S3Target, key: str) -> str | None:
-    h = await client.head_object(Bucket=target.bucket, Key=key)
+    h = await (await head_reader(client, target.bucket)).head(key)
     return h.get("ServerSideEncryption") or h.get("SSECustomerAlgorithm")
 
 

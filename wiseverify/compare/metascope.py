@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from wiseverify.core import keys as K
 from wiseverify.core.s3 import S3Target, error_text, gather_limited
+from wiseverify.core.sigv4 import head_reader
 
 #: the user-metadata keys the FSx for Lustre / DataSync layout writes
 POSIX_KEYS = frozenset({"file-mtime", "file-owner", "file-group", "file-permissions"})
@@ -104,12 +105,11 @@ def probe(target: S3Target, sample: dict[str, list[str]], concurrency: int = 32)
     jobs = [(p, key) for p, keys in sorted(sample.items()) for key in keys]
 
     async def _all():
-        client = await target.client()
+        reader = await head_reader(await target.client(), target.bucket)
 
         async def one(job):
             try:
-                return await client.head_object(Bucket=target.bucket, Key=target.prefix + job[1],
-                                                ChecksumMode="ENABLED")
+                return await reader.head(target.prefix + job[1], checksum_mode=True)
             except Exception as exc:
                 return exc
 
