@@ -18,7 +18,7 @@ What it does, in one run:
 * starts a Dask LocalCluster as ``wiseverify verify`` does and, per case, packs
   the files into work units with :func:`wiseverify.digest.units.make_units` (the
   verify defaults: 256 MiB units and ranges) and runs
-  :func:`wiseverify.digest.hashing.run_unit` on every unit as a task, then folds the
+  :func:`wiseverify.digest.execute.run_unit` on every unit as a task, then folds the
   range results with :func:`wiseverify.digest.hashing.combine_ranges` and checks them
   against digests computed directly;
 * prints ours, the limit = min(read rate, cores x hash rate of the digests the
@@ -52,6 +52,7 @@ from _bench import clean_up, load, load_kv, make_workdir, new_session, print_res
 
 from wiseverify.core import checksums as CHECKSUMS
 from wiseverify.deploy.cluster import default_workers, open_client
+from wiseverify.digest import execute as EXECUTE
 from wiseverify.digest import hashing as HASHING
 from wiseverify.digest import units as D
 
@@ -163,7 +164,7 @@ def run_ours(client, items: list[D.FileItem], case: str) -> tuple[float, int, li
     """make_units + one run_unit task per unit on the cluster; wall, units, per-file results."""
     t0 = time.monotonic()
     units = D.make_units(items, unit_bytes=256 * MiB, unit_files=2000, range_bytes=256 * MiB)
-    futs = [client.submit(HASHING.run_unit, u, pure=False, key=f"digest-{case}-{i}-{time.time_ns()}")
+    futs = [client.submit(EXECUTE.run_unit, u, pure=False, key=f"digest-{case}-{i}-{time.time_ns()}")
             for i, u in enumerate(units)]
     results = client.gather(futs)
     wall = time.monotonic() - t0

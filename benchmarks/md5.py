@@ -10,7 +10,7 @@ In one run:
 
 1. the kernels alone, on one core, from memory: hashlib and every kernel this
    CPU runs, at 1, 8, 16 and 64 streams of ``--stream-mib`` MiB each;
-2. the digest stage (:func:`wiseverify.digest.hashing.run_unit` on the units
+2. the digest stage (:func:`wiseverify.digest.execute.run_unit` on the units
    :func:`~wiseverify.digest.units.make_units` packs, on ``cores`` threads)
    over an ETag-only tree from the page cache: ``--small`` files of 1-64 KiB
    (MD5 and CRC64NVME of each, as the planner asks for a single-part ETag)
@@ -48,6 +48,7 @@ from _bench import clean_up, load, load_kv, make_workdir, print_results
 
 from wiseverify.core import md5lanes
 from wiseverify.core.checksums import CRC_FUNCS, multipart_etag
+from wiseverify.digest import execute as EXECUTE
 from wiseverify.digest import hashing as HASHING
 from wiseverify.digest import units as D
 
@@ -152,7 +153,7 @@ def run_stage(items: list[D.FileItem], expect: dict, cores: int, kernel: str) ->
     total = sum(it.size for it in items)
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(cores) as ex:
-        results = list(ex.map(HASHING.run_unit, units))
+        results = list(ex.map(EXECUTE.run_unit, units))
     dt = time.perf_counter() - t0
     by_file: dict[int, list] = {}
     for res in results:

@@ -26,7 +26,7 @@ Content evidence without reading a byte, the way the tool consumes it:
 
 * source digests: the prehash table (``inventory/prehash/part=NNNNN``: nkey,
   key_bytes, size, mtime_ns, md5, crc64nvme), the format ``inventory.prehash.prehash_job``
-  writes and ``digest.known_digests`` serves to the digest units.  Here it
+  writes and ``digest.smallfiles.known_digests`` serves to the digest units.  Here it
   holds every source file, as if each had been hashed while the destination was
   listed (the real run prehashes files below ``--head-min-size`` only);
 * destination: the listed ETag (single part) or the report's CRC64NVME

@@ -13,6 +13,7 @@ from awscrt import checksums
 
 from wiseverify.core import checksums as CHECKSUMS
 from wiseverify.demo.locals3 import put_multipart
+from wiseverify.digest import execute as EXECUTE
 from wiseverify.digest import hashing as HASHING
 from wiseverify.digest import units as D
 
@@ -281,7 +282,7 @@ def _readback(target, bucket, ranges, fast: bool, via_send: bool = False):
                 getter.endpoint.session = None
         box["getter"] = getter
         return await gather_limited(
-            ranges, lambda r: HASHING.hash_object_range(client, bucket, r, getter), 8)
+            ranges, lambda r: EXECUTE.hash_object_range(client, bucket, r, getter), 8)
 
     return target.run(go), box["getter"]
 

@@ -30,7 +30,7 @@ from wiseverify.core import columns as COLUMNS
 from wiseverify.core import keys as K
 from wiseverify.core import schema as S
 from wiseverify.core.s3 import S3Target
-from wiseverify.digest import hashing as D
+from wiseverify.digest import smallfiles as SMALL
 from wiseverify.reconcile import checkpoint as CHECKPOINT
 from wiseverify.reconcile import finish as FINISH
 from wiseverify.reconcile import plan as R
@@ -265,7 +265,7 @@ def _reconcile(ctx: R.Context, prehash: str, settle: bool, monkeypatch) -> pa.Ta
         plan = R.plan_partition(ctx, 0, prehash)
         results = []
         for i, unit in enumerate(plan["units"]):  # as each digest task serves its unit
-            with D.known_digests(_known_for(prehash, ctx.root, 0, unit)):
+            with SMALL.known_digests(_known_for(prehash, ctx.root, 0, unit)):
                 results.append(CHECKPOINT.run_unit(ctx, plan["units"], i))
         counts = FINISH.finish_partition(ctx, plan, *results)
     _prehashed.cache_clear()

@@ -30,7 +30,8 @@ WORKER_PRELOAD = ("distributed", "numpy", "pandas", "pyarrow.parquet", "pyarrow.
 PROJECT_PRELOAD = ("wiseverify.core.s3", "wiseverify.inventory.jobs",
                    "wiseverify.inventory.prehash", "wiseverify.inventory.files_from",
                    "wiseverify.compare.metascope", "wiseverify.run.tasks",
-                   "wiseverify.reconcile.sample", "wiseverify.deploy._forkserver")
+                   "wiseverify.reconcile.sample", "wiseverify.digest.execute",
+                   "wiseverify.deploy._forkserver")
 
 
 def _forkserver_wanted() -> bool:

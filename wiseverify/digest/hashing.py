@@ -8,19 +8,15 @@ are concatenated in offset order, so a range boundary never falls inside a
 part.  Digests that cannot be combined (whole-object MD5/SHA) keep the file in
 one range.
 
-A :class:`Spec` says what to compute for one file; :func:`run_unit` executes a
-list of ``(file, offset, length)`` ranges and returns plain dicts that
-:func:`combine_ranges` folds back per file.
+A :class:`Spec` says what to compute for one file; ``execute.run_unit`` executes a
+list of ``(file, offset, length)`` ranges (:func:`hash_source_ranges` here) and
+returns plain dicts that :func:`combine_ranges` folds back per file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat as statmod
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
 
 from wiseverify.core.checksums import (
     COMBINABLE,
@@ -30,17 +26,13 @@ from wiseverify.core.checksums import (
 )
 from wiseverify.core.md5lanes import md5_many, new_lanes
 from wiseverify.digest.lanes import MAX_FILES_IN_LANES, Stream, read_side_by_side
+from wiseverify.digest.smallfiles import SMALL_BATCH_BYTES, SMALL_BATCH_FILES, from_known
 from wiseverify.digest.source import (
-    mtime_differs,
     open_checked,
-    open_source,
     unchanged_after,
     with_source,
 )
-from wiseverify.digest.units import BUFFER_SIZE, RangeTask, Spec, Unit
-
-if TYPE_CHECKING:
-    from wiseverify.digest.getrange import RangeGetter
+from wiseverify.digest.units import BUFFER_SIZE, RangeTask, Spec
 
 _local = threading.local()
 
@@ -119,130 +111,11 @@ class StreamHasher:
         }
 
 
-# --- digests computed ahead of the plan -------------------------------------------------
-#
-# While the destination is still being listed, the source side is already known and
-# the workers are mostly waiting on the object store.  Small files are then hashed
-# ahead of time with exactly the digests the planner will ask of them: below the
-# HEAD threshold a single-part object is checked against the MD5 in its listed
-# ETag, and every source pass also carries a CRC64NVME.  A digest unit later serves
-# such a file from these results instead of reading it again, so each byte is
-# still read once; anything else (other digests, parts, partial ranges, a file
-# whose size or mtime differ from the listing) is read and hashed as usual.
-
-#: the digests hashed ahead of time (evidence.plan_one's spec for an ETag-MD5 object)
-PREHASH_SPEC = Spec(whole=("md5", "crc64nvme"))
-
-#: small files whose MD5s are taken together, in lanes: at most this many, or this many
-#: bytes, held at once (a few MiB: what was just read is still in the CPU cache)
-SMALL_BATCH_FILES = 256
-SMALL_BATCH_BYTES = 4 << 20
-
-#: (size, mtime_ns, md5 digest, crc64nvme) of one file, keyed by its absolute path
-Known = Mapping[bytes, tuple[int, int, bytes, int]]
-
-
-@contextlib.contextmanager
-def known_digests(known: Known | None) -> Iterator[None]:
-    """Let :func:`hash_source_range` in this thread serve whole files from ``known``.
-
-    Scoped to the calling thread and the ``with`` block, so results never leak
-    into another run or another unit's thread.
-    """
-    prev = getattr(_local, "known", None)
-    _local.known = known
-    try:
-        yield
-    finally:
-        _local.known = prev
-
-
-def _from_known(r: RangeTask) -> dict | None:
-    known = getattr(_local, "known", None)
-    item = r.item
-    if not known or r.offset or r.length != item.size or item.spec.parts:
-        return None
-    if not set(item.spec.whole) <= set(PREHASH_SPEC.whole):
-        return None
-    hit = known.get(item.path)
-    if hit is None or hit[0] != item.size or hit[1] != item.mtime_ns:
-        return None
-    values = {"md5": hit[2], "crc64nvme": hit[3]}
-    return {"idx": item.idx, "offset": 0, "length": item.size, "error": None,
-            "bytes": item.size,  # read once, ahead of time
-            "crc": {a: values[a] for a in item.spec.whole if a in COMBINABLE},
-            "hash": {a: values[a] for a in item.spec.whole if a not in COMBINABLE},
-            "parts": {}}
-
-
-def prehash_files(files: Iterable[tuple[bytes, int, int]],
-                  stop: Callable[[], bool] | None = None) -> list[tuple[bytes, int, int, bytes, int]]:
-    """Hash ``(path, size, mtime_ns)`` whole files with :data:`PREHASH_SPEC`, until ``stop()``.
-
-    Returns ``(path, size, mtime_ns, md5, crc64nvme)`` for the files read
-    cleanly; a file that fails or changed is left out, for the digest stage to
-    read again and report.
-
-    The small-file loop of the tool, so it is written for the cost per file: the
-    same rules as :func:`hash_source_range` (no atime, a FIFO swapped in is never
-    waited on, size and mtime checked before and after the read, one read per
-    byte), with one ``pread`` of the whole file and no object per file.  The
-    MD5s of a batch of files are taken together, in SIMD lanes.  About
-    16 us per 1 KiB file from the page cache on this machine, against 35 us
-    through the general range path and 19 us for ``md5sum``.
-    """
-    out: list = []
-    crc, fstat, pread, close = CRC_FUNCS["crc64nvme"], os.fstat, os.pread, os.close
-    is_reg = statmod.S_ISREG
-    pending: list = []  # (path, size, mtime_ns, crc) of files read, MD5 not yet taken
-    datas: list[bytes] = []
-    held = 0
-
-    def flush() -> None:
-        nonlocal held
-        for (path, size, mtime_ns, c), digest in zip(pending, md5_many(datas), strict=True):
-            out.append((path, size, mtime_ns, digest, c))
-        pending.clear()
-        datas.clear()
-        held = 0
-
-    for n, (path, size, mtime_ns) in enumerate(files):
-        if stop is not None and n % 32 == 0 and stop():
-            break
-        try:
-            fd = open_source(path)
-        except OSError:
-            continue
-        try:
-            st = fstat(fd)
-            if not is_reg(st.st_mode) or st.st_size != size or (
-                    st.st_mtime_ns != mtime_ns and mtime_differs(st.st_mtime_ns, mtime_ns)):
-                continue
-            data = pread(fd, size, 0) if size else b""
-            if len(data) != size:
-                continue
-            st = fstat(fd)
-            if st.st_size != size or (st.st_mtime_ns != mtime_ns
-                                      and mtime_differs(st.st_mtime_ns, mtime_ns)):
-                continue
-        except OSError:
-            continue
-        finally:
-            close(fd)
-        pending.append((path, size, mtime_ns, crc(data)))
-        datas.append(data)
-        held += size
-        if len(datas) >= SMALL_BATCH_FILES or held >= SMALL_BATCH_BYTES:
-            flush()
-    flush()
-    return out
-
-
 # --- source ranges ----------------------------------------------------------------------
 
 def hash_source_range(r: RangeTask) -> dict:
     """Hash one range of a source file; errors and changes since listing become ``error``."""
-    known = _from_known(r)
+    known = from_known(r)
     if known is not None:
         return known
     return with_source(r, _read_range)
@@ -297,7 +170,7 @@ def hash_source_ranges(ranges: list[RangeTask]) -> list[dict]:
         big.clear()
 
     for i, r in enumerate(ranges):
-        known = _from_known(r)
+        known = from_known(r)
         if known is not None:
             out[i] = known
             continue
@@ -449,92 +322,6 @@ def _read_parts_in_lanes(fd: int, r: RangeTask, parts: list[tuple[int, int]], la
         else:
             results[a] = [o[a] for o in part_other]
     return {"crc": whole, "hash": {}, "parts": results}
-
-
-# --- destination ranges (readback) -------------------------------------------------------
-
-
-async def hash_object_range(client, bucket: str, r: RangeTask,
-                            getter: RangeGetter | None = None) -> dict:
-    """GET one byte range of an object and hash it the same way as the source range.
-
-    With a :class:`~wiseverify.digest.getrange.RangeGetter` the range is first fetched
-    with one locally signed request; whatever that path does not confirm
-    (errors, resets, short bodies) is repeated through botocore, whose retries
-    and error texts stay the reference.
-    """
-    from wiseverify.core.s3 import error_text
-
-    item = r.item
-    out: dict = {"idx": item.idx, "offset": r.offset, "length": r.length, "error": None,
-                 "bytes": 0}
-    h = StreamHasher(item.spec, r.offset)
-    if r.length == 0:
-        out.update(h.finish(at_eof=True))
-        return out
-    if getter is not None:
-        meta = await getter.get(item.dst_key, r.offset, r.length, h.update)
-        if meta is not None:
-            if r.offset == 0:
-                out["metadata"] = meta
-            out["bytes"] = r.length
-            out.update(h.finish(at_eof=r.offset + r.length == item.size))
-            return out
-        h = StreamHasher(item.spec, r.offset)  # it may have seen part of the range
-    try:
-        resp = await client.get_object(
-            Bucket=bucket, Key=item.dst_key, Range=f"bytes={r.offset}-{r.offset + r.length - 1}"
-        )
-        if r.offset == 0:
-            out["metadata"] = resp.get("Metadata") or {}
-        body = resp["Body"]
-        got = 0
-        async with body as stream:
-            while True:
-                chunk = await stream.read(1 << 20)
-                if not chunk:
-                    break
-                h.update(memoryview(chunk))
-                got += len(chunk)
-        if got != r.length:
-            out["error"] = f"GetObject returned {got} bytes for a {r.length}-byte range"
-            return out
-        out["bytes"] = got
-        out.update(h.finish(at_eof=r.offset + r.length == item.size))
-    except Exception as exc:
-        out["error"] = error_text(exc, "GetObject")
-    return out
-
-
-def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
-    """Execute one work unit: source ranges, plus object ranges when ``target`` is given.
-
-    Object GETs run on s3fs' event loop while this thread hashes the source, so
-    readback overlaps network and disk.  They go out as locally signed requests
-    (:mod:`wiseverify.digest.getrange`) where the client allows it: botocore's
-    per-request pipeline cost more CPU than the transfer of a small object.
-    """
-    dst_future = None
-    if target is not None:
-        import asyncio
-
-        from wiseverify.core.s3 import gather_limited, use_fast_timestamps
-        from wiseverify.digest.getrange import RangeGetter
-
-        async def _all():
-            client = await target.client()
-            use_fast_timestamps(target)  # every botocore GET parses a Last-Modified header
-            getter = await RangeGetter.for_client(client, target.bucket)
-            return await gather_limited(
-                unit.ranges,
-                lambda r: hash_object_range(client, target.bucket, r, getter),
-                get_concurrency,
-            )
-
-        dst_future = asyncio.run_coroutine_threadsafe(_all(), target.filesystem().loop)
-    src = hash_source_ranges(unit.ranges)
-    dst = dst_future.result() if dst_future is not None else None
-    return {"src": src, "dst": dst}
 
 
 def combine_ranges(results: list[dict], spec: Spec, size: int) -> dict:

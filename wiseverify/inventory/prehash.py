@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from wiseverify.core import schema as S
 from wiseverify.core.runio import write_atomic
-from wiseverify.digest.hashing import prehash_files
+from wiseverify.digest.smallfiles import prehash_files
 from wiseverify.inventory import hsm
 from wiseverify.inventory.spool import read_spool
 

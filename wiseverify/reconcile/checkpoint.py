@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from wiseverify.core.runio import write_bytes
-from wiseverify.digest import hashing as HASHING
+from wiseverify.digest import execute as EXECUTE
 from wiseverify.digest import units as D
 from wiseverify.reconcile.plan import Context
 
@@ -23,7 +23,7 @@ from wiseverify.reconcile.plan import Context
 def run_unit(ctx: Context, units: list[D.Unit], i: int) -> dict:
     """Digest work unit ``i`` of a partition (a Dask task of its own)."""
     target = ctx.target if ctx.mode == "readback" else None
-    return HASHING.run_unit(units[i], target, ctx.get_concurrency)
+    return EXECUTE.run_unit(units[i], target, ctx.get_concurrency)
 
 
 def unit_fingerprint(unit: D.Unit) -> str:
@@ -86,7 +86,7 @@ def run_unit_checkpointed(ctx: Context, unit: D.Unit, part: int, i: int) -> dict
     target = ctx.target if ctx.mode == "readback" else None
     with open_files_lease(ctx):
         t0 = time.time()
-        res = HASHING.run_unit(unit, target, ctx.get_concurrency)
+        res = EXECUTE.run_unit(unit, target, ctx.get_concurrency)
         res["open_interval"] = (t0, time.time())
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))

@@ -44,6 +44,7 @@ from wiseverify.core.errors import ConfigError
 from wiseverify.core.rules import ARCHIVE_CLASSES
 from wiseverify.core.stats import cp_upper
 from wiseverify.core.units import human_bytes
+from wiseverify.digest import execute as EXECUTE
 from wiseverify.digest import hashing as HASHING
 from wiseverify.digest import units as D
 from wiseverify.reconcile.assemble import summarize, write_output
@@ -156,7 +157,7 @@ def sample_partition(ctx: Context, part: int, probs: list[float], seed: int) -> 
     src: dict[int, list] = {}
     dst: dict[int, list] = {}
     for unit in D.make_units(items, ctx.unit_bytes, ctx.unit_files, ctx.range_bytes):
-        res = HASHING.run_unit(unit, ctx.target, ctx.get_concurrency)
+        res = EXECUTE.run_unit(unit, ctx.target, ctx.get_concurrency)
         for r in res["src"]:
             src.setdefault(r["idx"], []).append(r)
         for r in res["dst"] or ():

@@ -7,7 +7,7 @@ Parquet next to the inventories:
   (an MD5, when no HeadObject is wanted: ``evidence.plan_one``'s cheapest
   case) or a compute-checksum report entry (``evidence.report_evidence``);
 * the source's digests were computed ahead of the plan
-  (``inventory/prehash``, what ``digest.known_digests`` serves to a digest
+  (``inventory/prehash``, what ``digest.smallfiles.known_digests`` serves to a digest
   unit) for a file whose size and mtime still equal the listing's.
 
 For those rows the per-row path would build an Evidence, a FileItem, a unit,
@@ -46,7 +46,7 @@ from wiseverify.core.rules import (
 )
 from wiseverify.inventory.partition import read_partition
 
-#: digests a prehash table holds (digest.PREHASH_SPEC): evidence needing only these is settled
+#: digests a prehash table holds (digest.smallfiles.PREHASH_SPEC): evidence needing only these is settled
 KNOWN_ALGOS = ("md5", "crc64nvme")
 
 #: the columns :func:`settle` returns besides ``_pos`` (reconciliation column names)

@@ -10,7 +10,7 @@ import os
 import pickle
 
 from wiseverify.core.runio import write_bytes
-from wiseverify.digest import hashing as D
+from wiseverify.digest import smallfiles as SMALL
 from wiseverify.reconcile import checkpoint as CHECKPOINT
 from wiseverify.reconcile import finish as FINISH
 from wiseverify.reconcile import plan as R
@@ -69,7 +69,7 @@ def _unit_job(ctx: R.Context, units_file: str, topic: str | None, part: int, i: 
     """
     unit = _units(units_file)[i]
     known = _known_for(prehash_dir, ctx.root, part, unit) if prehash_dir else None
-    with D.known_digests(known):
+    with SMALL.known_digests(known):
         res = CHECKPOINT.run_unit_checkpointed(ctx, unit, part, i)
     PROG.unit_done(topic, files=sum(1 for r in unit.ranges if r.offset == 0),
                    nbytes=unit.nbytes)

@@ -1,0 +1,137 @@
+"""Stage 3, digest: small files hashed ahead of the plan, and their digests served later.
+
+While the destination is still being listed, the source side is already known and
+the workers are mostly waiting on the object store.  Small files are then hashed
+ahead of time with exactly the digests the planner will ask of them: below the
+HEAD threshold a single-part object is checked against the MD5 in its listed
+ETag, and every source pass also carries a CRC64NVME.  A digest unit later serves
+such a file from these results instead of reading it again, so each byte is
+still read once; anything else (other digests, parts, partial ranges, a file
+whose size or mtime differ from the listing) is read and hashed as usual.
+
+:func:`prehash_files` is the small-file loop (``inventory.prehash`` calls it on
+the walk's spools); :func:`known_digests` lets a digest unit serve those files
+from its results (:func:`from_known`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as statmod
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from wiseverify.core.checksums import COMBINABLE, CRC_FUNCS
+from wiseverify.core.md5lanes import md5_many
+from wiseverify.digest.source import mtime_differs, open_source
+from wiseverify.digest.units import RangeTask, Spec
+
+_local = threading.local()
+
+#: the digests hashed ahead of time (evidence.plan_one's spec for an ETag-MD5 object)
+PREHASH_SPEC = Spec(whole=("md5", "crc64nvme"))
+
+#: small files whose MD5s are taken together, in lanes: at most this many, or this many
+#: bytes, held at once (a few MiB: what was just read is still in the CPU cache)
+SMALL_BATCH_FILES = 256
+SMALL_BATCH_BYTES = 4 << 20
+
+#: (size, mtime_ns, md5 digest, crc64nvme) of one file, keyed by its absolute path
+Known = Mapping[bytes, tuple[int, int, bytes, int]]
+
+
+@contextlib.contextmanager
+def known_digests(known: Known | None) -> Iterator[None]:
+    """Let ``hashing.hash_source_range`` in this thread serve whole files from ``known``.
+
+    Scoped to the calling thread and the ``with`` block, so results never leak
+    into another run or another unit's thread.
+    """
+    prev = getattr(_local, "known", None)
+    _local.known = known
+    try:
+        yield
+    finally:
+        _local.known = prev
+
+
+def from_known(r: RangeTask) -> dict | None:
+    known = getattr(_local, "known", None)
+    item = r.item
+    if not known or r.offset or r.length != item.size or item.spec.parts:
+        return None
+    if not set(item.spec.whole) <= set(PREHASH_SPEC.whole):
+        return None
+    hit = known.get(item.path)
+    if hit is None or hit[0] != item.size or hit[1] != item.mtime_ns:
+        return None
+    values = {"md5": hit[2], "crc64nvme": hit[3]}
+    return {"idx": item.idx, "offset": 0, "length": item.size, "error": None,
+            "bytes": item.size,  # read once, ahead of time
+            "crc": {a: values[a] for a in item.spec.whole if a in COMBINABLE},
+            "hash": {a: values[a] for a in item.spec.whole if a not in COMBINABLE},
+            "parts": {}}
+
+
+def prehash_files(files: Iterable[tuple[bytes, int, int]],
+                  stop: Callable[[], bool] | None = None) -> list[tuple[bytes, int, int, bytes, int]]:
+    """Hash ``(path, size, mtime_ns)`` whole files with :data:`PREHASH_SPEC`, until ``stop()``.
+
+    Returns ``(path, size, mtime_ns, md5, crc64nvme)`` for the files read
+    cleanly; a file that fails or changed is left out, for the digest stage to
+    read again and report.
+
+    The small-file loop of the tool, so it is written for the cost per file: the
+    same rules as ``hashing.hash_source_range`` (no atime, a FIFO swapped in is never
+    waited on, size and mtime checked before and after the read, one read per
+    byte), with one ``pread`` of the whole file and no object per file.  The
+    MD5s of a batch of files are taken together, in SIMD lanes.  About
+    16 us per 1 KiB file from the page cache on this machine, against 35 us
+    through the general range path and 19 us for ``md5sum``.
+    """
+    out: list = []
+    crc, fstat, pread, close = CRC_FUNCS["crc64nvme"], os.fstat, os.pread, os.close
+    is_reg = statmod.S_ISREG
+    pending: list = []  # (path, size, mtime_ns, crc) of files read, MD5 not yet taken
+    datas: list[bytes] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal held
+        for (path, size, mtime_ns, c), digest in zip(pending, md5_many(datas), strict=True):
+            out.append((path, size, mtime_ns, digest, c))
+        pending.clear()
+        datas.clear()
+        held = 0
+
+    for n, (path, size, mtime_ns) in enumerate(files):
+        if stop is not None and n % 32 == 0 and stop():
+            break
+        try:
+            fd = open_source(path)
+        except OSError:
+            continue
+        try:
+            st = fstat(fd)
+            if not is_reg(st.st_mode) or st.st_size != size or (
+                    st.st_mtime_ns != mtime_ns and mtime_differs(st.st_mtime_ns, mtime_ns)):
+                continue
+            data = pread(fd, size, 0) if size else b""
+            if len(data) != size:
+                continue
+            st = fstat(fd)
+            if st.st_size != size or (st.st_mtime_ns != mtime_ns
+                                      and mtime_differs(st.st_mtime_ns, mtime_ns)):
+                continue
+        except OSError:
+            continue
+        finally:
+            close(fd)
+        pending.append((path, size, mtime_ns, crc(data)))
+        datas.append(data)
+        held += size
+        if len(datas) >= SMALL_BATCH_FILES or held >= SMALL_BATCH_BYTES:
+            flush()
+    flush()
+    return out
