@@ -94,7 +94,7 @@ case "${1:-}" in
                     "the HTML report test will be skipped" >&2
             fi
         fi
-        "$venv/bin/ruff" check wiseverify tests benchmarks
+        "$venv/bin/ruff" check .
         "$venv/bin/lint-imports" --no-cache
         "$venv/bin/deptry" .
         exec "$venv/bin/python" -m pytest -q "$@"
