@@ -14,6 +14,7 @@ from wiseverify.inventory import jobs as JOBS
 from wiseverify.inventory import partition as PARTITION
 from wiseverify.inventory import s3list as S3LIST
 from wiseverify.inventory import spool as SPOOL
+from wiseverify.inventory import stat_threads as STAT_THREADS
 from wiseverify.inventory import statx as STATX
 from wiseverify.inventory import walk as INV
 
@@ -136,7 +137,7 @@ def test_auto_threads_start_when_lstat_waits(tmp_path, monkeypatch):
     _tree(root, ndirs=2, nfiles=40)
     monkeypatch.setenv(INV.STAT_DELAY_ENV, "300")  # the documented test hook
     res = INV.walk_dirs(str(root), [b""], str(tmp_path / "a.arrow"))
-    assert res["threads"] == INV.AUTO_WALK_THREADS
+    assert res["threads"] == STAT_THREADS.AUTO_WALK_THREADS
     monkeypatch.delenv(INV.STAT_DELAY_ENV)
     res = INV.walk_dirs(str(root), [b""], str(tmp_path / "b.arrow"))
     assert res["threads"] == 1
@@ -167,6 +168,27 @@ def test_metadata_rate_cap_is_honoured(tmp_path):
     assert res["ops"] == 31  # one readdir + 30 lstat
     # 31 operations at 100/s cannot finish in less than 0.3 s
     assert elapsed >= 0.29
+
+
+def test_records_a_file_system_leaves_short_are_filled_by_lstat(tmp_path, monkeypatch):
+    """statx answers without every field (some file systems do): os.lstat fills them in."""
+    root = tmp_path / "t"
+    total = _tree(root, ndirs=2, nfiles=3)
+    ref = SPOOL.read_spool(INV.walk_dirs(str(root), [b""], str(tmp_path / "a.arrow"))["spool"])
+    stat_into = INV._Walk._stat_into
+
+    def short(self, d, lo, hi, first):
+        fails = stat_into(self, d, lo, hi, first)
+        recs = self.buf[first * STATX._REC:(first + hi - lo) * STATX._REC].view(self.dtype)
+        recs["mask"] = 0  # as if the file system had answered none of the fields asked
+        return fails
+
+    monkeypatch.setattr(INV._Walk, "_stat_into", short)
+    res = INV.walk_dirs(str(root), [b""], str(tmp_path / "b.arrow"))
+    got = SPOOL.read_spool(res["spool"])
+    assert res["count"] == total
+    cols = ["key", "size", "mtime_ns", "ino", "kind"]
+    assert got.select(cols).sort_by("key").equals(ref.select(cols).sort_by("key"))
 
 
 def test_listing_is_strictly_under_the_prefix(s3, bucket, tmp_path):

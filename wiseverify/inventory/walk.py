@@ -23,6 +23,11 @@ import pyarrow.compute as pc
 from wiseverify.core.filters import Filters
 from wiseverify.inventory.prune import walked_subdirs
 from wiseverify.inventory.spool import RateLimiter, _entry_row, _spill_ranges, write_spool
+from wiseverify.inventory.stat_threads import (
+    PROBE,
+    STAT_CHUNK,
+    StatThreads,
+)
 from wiseverify.inventory.statx import (
     _AT_FLAGS,
     _REC,
@@ -63,6 +68,7 @@ except ImportError:
 # stat latency and, once calls are slow, spreads the names of the directories it
 # holds over a thread pool (ctypes and os.lstat release the GIL).
 # ``--max-metadata-ops`` stays a hard cap: every operation takes a token first.
+# (:mod:`.stat_threads` makes that choice.)
 #
 # A huge directory (more names than ``split_entries``) is split by name range:
 # the task that lists it writes the sorted names beyond its own share to small
@@ -73,11 +79,6 @@ except ImportError:
 #: slept before every metadata operation of a walk (directory listing and stat),
 #: so the benchmark can show how the walk scales against a slow MDS on a local disk
 STAT_DELAY_ENV = "WISEVERIFY_SIM_STAT_DELAY_US"
-#: threads per walk task once its stat calls are seen to wait on the server
-AUTO_WALK_THREADS = 16
-#: mean stat time above which a task switches to threads: a page-cached stat
-#: costs 1-10 us of CPU, a metadata-server round trip 100 us or more
-SLOW_STAT_S = 50e-6
 #: entry budget of the first walk task (the one started at the root), so the
 #: rest of the tree reaches the other workers within milliseconds
 FIRST_BUDGET = 4_000
@@ -87,14 +88,6 @@ FIRST_BUDGET = 4_000
 #: a scheduler round trip and a spool file (measured: 0.1-0.4 s slices made the
 #: 500,000-entry benchmark walk slower than 50,000-entry budgets alone)
 WALK_TASK_SECONDS = 2.0
-#: how long a worker process reuses a task's choice of threads for the same root
-_AUTO_TTL_S = 30.0
-_auto_choice: dict[tuple[str, float], tuple[int, float]] = {}
-#: calls per probe while a task measures whether its stat calls wait
-_PROBE = 8
-#: names per stat batch handed to one thread of the pool (and per probe while a
-#: task has not yet decided between one thread and a pool)
-_STAT_CHUNK = 64
 
 
 class _Walk:
@@ -112,15 +105,7 @@ class _Walk:
             delay_us = float(os.environ.get(STAT_DELAY_ENV) or 0)
         self.delay = delay_us / 1e6
         self.statx = _STATX
-        self.auto = threads is None
-        self.decided = not self.auto
-        self.threads = 1 if threads is None else max(1, threads)
-        self.pool = None
-        self.auto_key = (root, self.delay)
-        if self.auto:  # an earlier task of this process already measured this tree
-            known, when = _auto_choice.get(self.auto_key, (0, 0.0))
-            if known and time.monotonic() - when < _AUTO_TTL_S:
-                self.threads, self.decided = known, True
+        self.st = StatThreads(root, self.delay, threads)
         # struct statx records, one per name: room for the expected entries at once
         # (zeroed pages are only mapped when written, so a generous guess is free;
         # growing by doubling copied each record about twice)
@@ -132,9 +117,6 @@ class _Walk:
         self.count = 0  # entries seen
         self.ops = 0
         self.dirs = 0
-        self.stat_s = 0.0
-        self.stat_n = 0
-        self.stat_waits = 0
 
     # --- metadata calls -----------------------------------------------------------
     def _op(self) -> None:
@@ -228,57 +210,30 @@ class _Walk:
         def one(item):
             return self._open_range(*item) if isinstance(item, tuple) else self._list(item)
 
-        opened = list(self.pool.map(one, items)) if self.pool and len(items) > 1 \
+        opened = list(self.st.map(one, items)) if self.st.pool and len(items) > 1 \
             else [one(i) for i in items]
         return [((item[0] if isinstance(item, tuple) else item), *got)
                 for item, got in zip(items, opened, strict=True) if got is not None]
 
-    def start_threads(self, n: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.threads = n
-        self.decided = True
-        if n > 1 and self.pool is None:
-            self.pool = ThreadPoolExecutor(n, thread_name_prefix="walk-stat")
-
-    def _observe(self, n: int, seconds: float, waits: int) -> None:
-        """Auto mode: the first calls of a task choose between one thread and a pool.
-
-        Slow calls alone do not decide it: on a busy machine a page-cached stat
-        is slow too, because the thread is preempted, and threads would only add
-        GIL traffic.  A call that waits on a server (or a disk) blocks, which the
-        kernel counts as a voluntary context switch of the thread.
-        """
-        self.stat_n += n
-        self.stat_s += seconds
-        self.stat_waits += waits
-        if self.decided or self.stat_n < 8:
-            return
-        if self.stat_s / self.stat_n > SLOW_STAT_S and self.stat_waits >= self.stat_n // 2:
-            self.start_threads(AUTO_WALK_THREADS)
-        elif self.stat_n >= 4 * _STAT_CHUNK:
-            self.decided = True  # served from cache: one thread is cheapest
-        if self.decided:
-            _auto_choice[self.auto_key] = (self.threads, time.monotonic())
-
     def _stat_job(self, d: _Listed, first: int) -> list[tuple[int, str]]:
         """Stat one directory's names: probing while undecided, then pooled or in line."""
         n = len(d.starts)
-        if self.pool is None and self.decided:
+        st = self.st
+        if st.pool is None and st.decided:
             return self._stat_into(d, 0, n, first)
         fails: list[tuple[int, str]] = []
         j = 0
-        while j < n and self.pool is None:
+        while j < n and st.pool is None:
             # small probes first: against a slow server every sequential call is a wait
-            hi = min(n, j + (_PROBE if self.stat_n < _STAT_CHUNK else _STAT_CHUNK))
+            hi = min(n, j + (PROBE if st.stat_n < STAT_CHUNK else STAT_CHUNK))
             t0, w0 = time.perf_counter(), _voluntary_switches()
             fails += self._stat_into(d, j, hi, first + j)
-            self._observe(hi - j, time.perf_counter() - t0, _voluntary_switches() - w0)
+            st.observe(hi - j, time.perf_counter() - t0, _voluntary_switches() - w0)
             j = hi
         if j < n:
-            for got in self.pool.map(
-                    lambda s: self._stat_into(d, s, min(n, s + _STAT_CHUNK), first + s),
-                    range(j, n, _STAT_CHUNK)):
+            for got in self.st.map(
+                    lambda s: self._stat_into(d, s, min(n, s + STAT_CHUNK), first + s),
+                    range(j, n, STAT_CHUNK)):
                 fails += got
         return fails
 
@@ -299,11 +254,11 @@ class _Walk:
         firsts = [self._reserve(len(d.starts)) for d in listed]
         fails: list[tuple[int, str]] = []
         try:
-            if self.pool is not None:
-                pieces = [(d, j, min(len(d.starts), j + _STAT_CHUNK), first + j)
+            if self.st.pool is not None:
+                pieces = [(d, j, min(len(d.starts), j + STAT_CHUNK), first + j)
                           for d, first in zip(listed, firsts, strict=True)
-                          for j in range(0, len(d.starts), _STAT_CHUNK)]
-                for got in self.pool.map(lambda p: self._stat_into(*p), pieces):
+                          for j in range(0, len(d.starts), STAT_CHUNK)]
+                for got in self.st.map(lambda p: self._stat_into(*p), pieces):
                     fails += got
             else:
                 for d, first in zip(listed, firsts, strict=True):
@@ -344,15 +299,14 @@ class _Walk:
             for d, first in zip(listed, firsts, strict=True):
                 if first <= i < first + len(d.starts):
                     try:
-                        self._fill(recs, [(i, os.lstat(d.name(i - first), dir_fd=d.fd))])
+                        fill_records(recs, [(i, os.lstat(d.name(i - first), dir_fd=d.fd))])
                     except OSError as exc:
                         fails.append((i, f"lstat failed: {exc.strerror}"))
                     break
         return fails
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.st.close()
 
     def table(self) -> tuple[pa.Table, int]:
         """The task's rows (directories themselves excluded) and their total size."""
@@ -395,7 +349,7 @@ def walk_dirs(
     so the walk's tail is spread over the cluster too.
 
     ``threads=None`` lets the task decide: one thread while lstat answers from
-    cache, :data:`AUTO_WALK_THREADS` once calls wait on a server.
+    cache, ``stat_threads.AUTO_WALK_THREADS`` once calls wait on a server.
     ``stat_delay_us`` (default: the :data:`STAT_DELAY_ENV` variable) is the
     slow-metadata-server test hook.
 
@@ -409,15 +363,15 @@ def walk_dirs(
         split = split_entries or max(1000, budget // 4)
         w = _Walk(root, prefix, metadata_ops_per_second, threads, stat_delay_us,
                   expect=min(budget + split, 1 << 20))
-        if w.threads > 1:
-            w.start_threads(w.threads)
+        if w.st.threads > 1:
+            w.st.start(w.st.threads)
         stack = list(reversed(rel_dirs))
         ranges: list[tuple] = []
         deadline = time.monotonic() + max_seconds if max_seconds else float("inf")
         try:
             while stack and w.count < budget and not ranges and time.monotonic() < deadline:
                 # one directory per round, or one per thread once there is a pool
-                batch = [stack.pop() for _ in range(min(len(stack), w.threads))]
+                batch = [stack.pop() for _ in range(min(len(stack), w.st.threads))]
                 jobs = []
                 for rel, fd, blob in w.open_all(batch):
                     if blob.count(b"\0") > split:
@@ -439,5 +393,5 @@ def walk_dirs(
         if table.num_rows:
             write_spool(table, spool_path)
         return {"count": table.num_rows, "pending": ranges + list(reversed(stack)),
-                "dirs": w.dirs, "ops": w.ops, "bytes": nbytes, "threads": w.threads,
+                "dirs": w.dirs, "ops": w.ops, "bytes": nbytes, "threads": w.st.threads,
                 "spool": spool_path if table.num_rows else None, "filtered": counts}
