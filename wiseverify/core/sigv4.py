@@ -203,7 +203,9 @@ class SignedEndpoint:
         url = self.origin + path + (f"?{query}" if query else "")
         if self.session is not None:
             headers["Accept-Encoding"] = "identity"  # as aiobotocore asks
-            raw = await self.session.request(method, URL(url, encoded=True), headers=headers)
+            # a redirect goes back to botocore (its region handling), never followed unsigned
+            raw = await self.session.request(method, URL(url, encoded=True), headers=headers,
+                                             allow_redirects=False)
             rh = {k.decode("utf-8").lower(): v.decode("utf-8") for k, v in raw.raw_headers}
             return raw, raw.status, rh, raw.content
         from botocore.awsrequest import AWSPreparedRequest
