@@ -58,8 +58,8 @@ PY
     fi
     stamp="$venv/.wiseverify-installed"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ] \
-            || [ setup.py -nt "$stamp" ] || [ wiseverify/_fastwalk.c -nt "$stamp" ] \
-            || [ wiseverify/_fastkeys.c -nt "$stamp" ]; then
+            || [ setup.py -nt "$stamp" ] || [ wiseverify/inventory/_fastwalk.c -nt "$stamp" ] \
+            || [ wiseverify/core/_fastkeys.c -nt "$stamp" ] || [ wiseverify/core/_md5mb.c -nt "$stamp" ]; then
         # exact versions the suite was last run with: reproducible, and no resolver backtracking
         "$venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null
         "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[demo,test,bench]" 2>&1 \

@@ -238,7 +238,8 @@ def partition_stage(run: Run, inv: Spooled) -> Partitioned:
     inv_dir = run.run_dir / "inventory"
     futs, dst_futs = [], []
     group_rows = INVSTAGE.compaction_rows(max(inv.stats["src_rows"], inv.stats["dst_rows"]), run.nthreads)
-    for side, spools in (("src", inv.src), ("dst", inv.dst), ("checksums", inv.checksums)):
+    # the destination first: its sample's HEADs start once it is compacted
+    for side, spools in (("dst", inv.dst), ("src", inv.src), ("checksums", inv.checksums)):
         for gi, group in enumerate(INVSTAGE.groups(spools, group_rows)):
             futs.append(client.submit(INV.compact, group, str(inv_dir / side), nparts,
                                       f"c{gi:05d}", sample_k if side == "dst" else 0,
@@ -253,12 +254,24 @@ def partition_stage(run: Run, inv: Spooled) -> Partitioned:
 
     st = inv.stats
     run.prog.stage("partition", unit="rows", total_files=st["src_rows"] + st["dst_rows"])
+    # the metadata sample is HEADed as soon as the destination's side is compacted: its
+    # requests then overlap the compaction of the source side and of the prehashes
+    probe = None
+    left_dst = len(dst_futs)
     for fut in as_completed(futs):
-        run.prog.update(files=fut.result()["rows"])
+        res = fut.result()
+        run.prog.update(files=res["rows"])
+        if fut in dst_futs:
+            left_dst -= 1
+        if probe is None and left_dst == 0:
+            probe = _MetadataProbe(client, cfg, run.run_dir, run.target, run.inv_reused,
+                                   [f.result()["sample"] for f in dst_futs], run.run_id)
+    if probe is None:  # nothing was listed on either side
+        probe = _MetadataProbe(client, cfg, run.run_dir, run.target, run.inv_reused, [],
+                               run.run_id)
     client.gather(pre_futs)
     run.prog.end_stage()
-    decision = _metadata_decision(client, cfg, run.run_dir, run.target, run.inv_reused,
-                                  [f.result()["sample"] for f in dst_futs], run.run_id, run.say)
+    decision = probe.decide(run.say)
     shutil.rmtree(inv_dir / "_spool", ignore_errors=True)
     if not run.inv_reused:
         write_text(run.inv_marker, json.dumps({"partitions": nparts, "stats": st}))
@@ -374,25 +387,38 @@ def write_outputs(run: Run, inv: Spooled, parts: Partitioned, totals: dict,
     return summary
 
 
-def _metadata_decision(client, cfg: VerifyConfig, run_dir: Path, target: S3Target,
-                       inv_reused: bool, samples: list[dict], run_id: str,
-                       say: Callable[[str], None]) -> MS.Decision | None:
-    """``--metadata auto``: HEAD the run's sample (one worker task) and decide each prefix.
+class _MetadataProbe:
+    """``--metadata auto``: the run's sample HEADed (one worker task), then each prefix decided.
 
-    Kept in the run directory: a resumed run decides as the interrupted one did.
+    Started as a future, so the HEADs run while the rest of the partition stage
+    does; :meth:`decide` waits for it.  Kept in the run directory: a resumed run
+    decides as the interrupted one did.
     """
-    if cfg.metadata != "auto" or cfg.mode != "stored":
-        return None
-    path = run_dir / "inventory" / "metadata_sample.json"
-    if inv_reused and path.is_file():
-        return MS.Decision.from_json(json.loads(path.read_text()))
-    sample = MS.merge_samples(samples)
-    decision = client.submit(MS.probe, target, sample, cfg.head_concurrency, pure=False,
-                             key=f"metadata-sample-{run_id}").result()
-    write_text(path, json.dumps(decision.to_json()))
-    n = {s: sum(1 for v in decision.state.values() if v == s)
-         for s in (MS.WITH, MS.WITHOUT, MS.FAILED)}
-    say(f"metadata sample: {decision.sampled:,} objects in {len(decision.state):,} top-level "
-        f"prefixes; POSIX metadata in {n[MS.WITH]:,}, none in {n[MS.WITHOUT]:,}"
-        + (f", not sampled in {n[MS.FAILED]:,}" if n[MS.FAILED] else ""))
-    return decision
+
+    def __init__(self, client, cfg: VerifyConfig, run_dir: Path, target: S3Target,
+                 inv_reused: bool, samples: list[dict], run_id: str) -> None:
+        self.path = run_dir / "inventory" / "metadata_sample.json"
+        self.saved: MS.Decision | None = None
+        self.future = None
+        if cfg.metadata != "auto" or cfg.mode != "stored":
+            self.off = True
+            return
+        self.off = False
+        if inv_reused and self.path.is_file():
+            self.saved = MS.Decision.from_json(json.loads(self.path.read_text()))
+            return
+        self.future = client.submit(MS.probe, target, MS.merge_samples(samples),
+                                    cfg.head_concurrency, pure=False, priority=1,
+                                    key=f"metadata-sample-{run_id}")
+
+    def decide(self, say: Callable[[str], None]) -> MS.Decision | None:
+        if self.off or self.saved is not None:
+            return self.saved
+        decision = self.future.result()
+        write_text(self.path, json.dumps(decision.to_json()))
+        n = {s: sum(1 for v in decision.state.values() if v == s)
+             for s in (MS.WITH, MS.WITHOUT, MS.FAILED)}
+        say(f"metadata sample: {decision.sampled:,} objects in {len(decision.state):,} "
+            f"top-level prefixes; POSIX metadata in {n[MS.WITH]:,}, none in {n[MS.WITHOUT]:,}"
+            + (f", not sampled in {n[MS.FAILED]:,}" if n[MS.FAILED] else ""))
+        return decision
