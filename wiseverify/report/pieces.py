@@ -212,19 +212,25 @@ class Rollup:
 
     def add(self, b: pa.RecordBatch | pa.Table) -> None:
         key = b.column("key")
-        parent = pc.if_else(pc.match_substring(key, "/"),
-                            pc.replace_substring_regex(key, "/[^/]*$", ""), "")
-        if self.rx is None:
-            d = pa.array([""] * len(key), pa.string())
-        else:
-            d = pc.replace_substring_regex(pc.binary_join_element_wise(parent, "/", ""),
-                                           self.rx, "\\1")
-            d = pc.if_else(pc.equal(parent, ""), "", d)
         size = pc.coalesce(b.column("src_size"), b.column("dst_size"), pa.scalar(0, pa.int64()))
-        t = pa.table({"dir": d, "status": b.column("status"), "size": size})
+        if self.rx is None:
+            t = pa.table({"dir": pa.array([""] * len(key), pa.string()),
+                          "status": b.column("status"), "size": size})
+        else:
+            # grouped by parent first: the cut to ``depth`` (a regex) then runs once per
+            # directory, not once per key (two thirds of this method's time per key)
+            parent = pc.if_else(pc.match_substring(key, "/"),
+                                pc.replace_substring_regex(key, "/[^/]*$", ""), "")
+            t = pa.table({"dir": parent, "status": b.column("status"), "size": size})
         agg = t.group_by(["dir", "status"]).aggregate([("size", "count"), ("size", "sum")])
-        self.merge(zip(*(agg.column(c).to_pylist() for c in
-                         ("dir", "status", "size_count", "size_sum")), strict=True))
+        d = agg.column("dir")
+        if self.rx is not None:
+            cut = pc.replace_substring_regex(pc.binary_join_element_wise(d, "/", ""),
+                                             self.rx, "\\1")
+            d = pc.if_else(pc.equal(d, ""), "", cut)
+        self.merge(zip(*(c.to_pylist() for c in
+                         (d, agg.column("status"), agg.column("size_count"),
+                          agg.column("size_sum"))), strict=True))
 
     def merge(self, rows) -> None:
         """Add ``(dir, status, keys, bytes)`` rows (another rollup's :meth:`rows`)."""
