@@ -301,7 +301,8 @@ def main() -> int:
             t = summary.get("timings", {})
             print(f"  wiseverify cold {wall:.1f} s (preflight {t.get('preflight_s')}, cluster "
                   f"start {t.get('cluster_start_s')}, inventory {t.get('inventory_s')}, "
-                  f"partition {t.get('partition_s')}, reconcile {t.get('reconcile_s')}; "
+                  f"partition {t.get('partition_s')}, reconcile {t.get('reconcile_s')}, "
+                  f"partition task steps {t.get('partition_steps_s')}; "
                   f"{summary['inventory'].get('prehashed_files', 0):,} files prehashed), driver "
                   f"{driver:.2f} GB, largest worker {worker:.2f} GB, statuses {ok}", flush=True)
             points["driver"].append((n, driver))

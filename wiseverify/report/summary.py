@@ -38,6 +38,10 @@ def add_totals(totals: dict, part: dict) -> None:
     for k in ("bytes_read_src", "bytes_read_dst", "rows", "requests", "carried", "units",
               "units_reused", "metadata_objects", "metadata_compared"):
         totals[k] = totals.get(k, 0) + part.get(k, 0)
+    # thread seconds per step of the partition tasks (plan, settle, write...), summed
+    for name, v in (part.get("stage_s") or {}).items():
+        steps = totals.setdefault("partition_steps_s", {})
+        steps[name] = steps.get(name, 0.0) + v
     totals["partitions"] += 1
 
 

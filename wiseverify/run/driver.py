@@ -346,7 +346,9 @@ def write_outputs(run: Run, inv: Spooled, parts: Partitioned, totals: dict,
         timings={"inventory_s": round(run.times["inventory"], 3),
                  "partition_s": round(run.times["partition"], 3),
                  "reconcile_s": round(run.times["reconcile"], 3),
-                 "total_s": round(time.monotonic() - run.t0, 3), **run.setup},
+                 "total_s": round(time.monotonic() - run.t0, 3), **run.setup,
+                 "partition_steps_s": {k: round(v, 3) for k, v in
+                                       totals.pop("partition_steps_s", {}).items()}},
     )
     summary["inventory"].update(prehashed_files=inv.prehashed_files,
                                 prehashed_bytes=inv.prehashed_bytes)
