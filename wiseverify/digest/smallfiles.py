@@ -28,6 +28,12 @@ from wiseverify.digest.source import mtime_differs, open_source
 from wiseverify.digest.units import RangeTask, Spec
 
 _local = threading.local()
+#: one small-file loop at a time per process: the loop gives up the GIL at every system
+#: call (four per file), so two of them in one process hand it back and forth on every
+#: call.  Measured on 80,000 cached 1 KiB files: one thread 80,000 files/s at 12.5 us
+#: of CPU per file; two threads 48,000 files/s at 29 us; four 27,000 files/s at 56 us.
+#: The worker's other threads wait on this lock instead, asleep.
+_LOOP = threading.Lock()
 
 #: the digests hashed ahead of time (evidence.plan_one's spec for an ETag-MD5 object)
 PREHASH_SPEC = Spec(whole=("md5", "crc64nvme"))
@@ -90,6 +96,12 @@ def prehash_files(files: Iterable[tuple[bytes, int, int]],
     16 us per 1 KiB file from the page cache on this machine, against 35 us
     through the general range path and 19 us for ``md5sum``.
     """
+    with _LOOP:
+        return _prehash_files(files, stop)
+
+
+def _prehash_files(files: Iterable[tuple[bytes, int, int]],
+                   stop: Callable[[], bool] | None) -> list[tuple[bytes, int, int, bytes, int]]:
     out: list = []
     crc, fstat, pread, close = CRC_FUNCS["crc64nvme"], os.fstat, os.pread, os.close
     is_reg = statmod.S_ISREG
