@@ -89,3 +89,23 @@ def test_failed_head_of_an_object_whose_metadata_is_required_is_dest_error(s3, b
         assert _plan(proxy.url, bucket, row, "auto").kind == "etag-md5"  # no HEAD wanted
         ev = _plan(proxy.url, bucket, row, "all")
     assert ev.error is not None and ev.error.startswith("HeadObject: HTTP 403")
+
+
+def test_rows_settled_by_the_listing_build_no_client(s3, bucket, monkeypatch):
+    """A small single-part object is proven by its listed ETag: no request, and no client
+    built for it; a row that needs a HEAD still gets one, made once for the partition."""
+    etag = s3.client().put_object(Bucket=bucket, Key="small.txt", Body=b"abc")["ETag"].strip('"')
+    made = []
+    real = S3Target.client
+
+    async def counting(self):
+        made.append(1)
+        return await real(self)
+
+    monkeypatch.setattr(S3Target, "client", counting)
+    target = S3Target.parse(f"s3://{bucket}/", endpoint_url=s3.url)
+    small = [_row("small.txt", 3, etag)] * 3
+    evs = E.plan_evidence(small, target, "stored", "off", 4 * MiB)
+    assert [e.kind for e in evs] == ["etag-md5"] * 3 and not made
+    evs = E.plan_evidence(small, target, "stored", ["all", "all", "off"], 4 * MiB)
+    assert [e.requests for e in evs] == [1, 1, 0] and made == [1]

@@ -18,6 +18,7 @@ Anything without evidence is UNVERIFIED with the reason, never MATCH.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from wiseverify.core import rules
@@ -63,9 +64,35 @@ def _with_crc64(whole: tuple[str, ...]) -> tuple[str, ...]:
     return whole if "crc64nvme" in whole else (*whole, "crc64nvme")
 
 
+class LazyClient:
+    """The S3 client, made at a partition's first request.
+
+    Most partitions of a small-file tree settle every candidate from the listing
+    and the prehashed digests, and never send a request: building a client
+    anyway (botocore's service model, 0.1-0.2 s of CPU per worker process) sat on
+    the partition stage's critical path.
+    """
+
+    def __init__(self, target: S3Target) -> None:
+        self.target = target
+        self._client = None
+        self._lock: asyncio.Lock | None = None
+
+    async def get(self):
+        if self._client is None:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._client is None:
+                    self._client = await self.target.client()
+        return self._client
+
+
 async def _head(client, target: S3Target, key: str, ev: Evidence,
                 part_number: int | None = None, checksum_mode: bool = False) -> dict:
     ev.requests += 1
+    if isinstance(client, LazyClient):
+        client = await client.get()
     reader = await head_reader(client, target.bucket)
     return await reader.head(key, part_number, checksum_mode)
 
@@ -323,7 +350,7 @@ def plan_evidence(rows: list[dict], target: S3Target, mode: str, metadata: str |
     per_row = [metadata] * len(rows) if isinstance(metadata, str) else metadata
 
     async def _all():
-        client = await target.client()
+        client = LazyClient(target)
         return await gather_limited(
             range(len(rows)),
             lambda i: plan_one(client, target, rows[i], mode, per_row[i], head_min_size),
