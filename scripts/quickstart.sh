@@ -40,8 +40,8 @@ setup_venv() {
             "$python" -m venv "$venv"
         fi
     fi
-    # the C loops (setup.py: the walk's and the key sort) need a compiler and Python's
-    # headers; without them the install still succeeds and both run their slower paths
+    # the C loops (setup.py: walk, small-file reads, key sort, MD5 lanes) need a compiler and Python's
+    # headers; without them the install still succeeds and each runs its Python path
     if ! command -v cc >/dev/null 2>&1 || ! "$python" - <<'PY'
 import os, sys, sysconfig
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
@@ -50,16 +50,17 @@ PY
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             ver="$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
             apt_install gcc libc6-dev "python${ver}-dev" || apt_install gcc libc6-dev python3-dev \
-                || echo "quickstart: no C compiler; the walk and the key sort use their slower paths" >&2
+                || echo "quickstart: no C compiler; the C loops (walk, small-file reads, key sort, MD5 lanes) use their Python paths" >&2
             rm -f "$venv/.wiseverify-installed"
         else
-            echo "quickstart: no C compiler or Python headers; the walk and the key sort use their slower paths" >&2
+            echo "quickstart: no C compiler or Python headers; the C loops use their Python paths" >&2
         fi
     fi
     stamp="$venv/.wiseverify-installed"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ] \
             || [ setup.py -nt "$stamp" ] || [ wiseverify/inventory/_fastwalk.c -nt "$stamp" ] \
-            || [ wiseverify/core/_fastkeys.c -nt "$stamp" ] || [ wiseverify/core/_md5mb.c -nt "$stamp" ]; then
+            || [ wiseverify/core/_fastkeys.c -nt "$stamp" ] || [ wiseverify/core/_md5mb.c -nt "$stamp" ] \
+            || [ wiseverify/digest/_smallread.c -nt "$stamp" ]; then
         # exact versions the suite was last run with: reproducible, and no resolver backtracking
         "$venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null
         "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[demo,test,bench]" 2>&1 \
