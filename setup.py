@@ -22,7 +22,8 @@ if sys.platform.startswith("linux"):
                          extra_compile_args=["-O2", "-std=gnu11"]))
     # the small-file loop's system calls, the GIL released (digest/smallfiles.py)
     ext.append(Extension("wiseverify.digest._smallread", ["wiseverify/digest/_smallread.c"],
-                         optional=True, extra_compile_args=["-O2", "-std=gnu11"]))
+                         optional=True, extra_compile_args=["-O2", "-std=gnu11", "-pthread"],
+                         extra_link_args=["-pthread"]))
 ext.append(Extension("wiseverify.core._fastkeys", ["wiseverify/core/_fastkeys.c"], optional=True,
                      extra_compile_args=["-O2", "-std=gnu11"]))
 ext.append(Extension("wiseverify.core._md5mb", ["wiseverify/core/_md5mb.c"], optional=True,

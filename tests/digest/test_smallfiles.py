@@ -103,3 +103,17 @@ def test_native_loop_runs_in_many_threads_at_once(tmp_path):
     for t in threads:
         t.join()
     assert all(g == want for g in got)
+
+
+def test_several_readers_per_batch_read_the_same(tmp_path, monkeypatch):
+    """Batches judged cold are read by several threads at once: same rows, same order."""
+    rows, _ = _cases(tmp_path)
+    for i in range(300):
+        p = tmp_path / f"h{i:04d}"
+        p.write_bytes(os.urandom(i))
+        rows.append(_listed(p))
+    want = SF.prehash_files(rows, native=False)
+    monkeypatch.setattr(SF, "COLD_SECONDS_PER_FILE", 0.0)  # every batch judged cold
+    for readers in (1, 3, 8):
+        monkeypatch.setattr(SF, "READ_THREADS", readers)
+        assert SF.prehash_files(rows, native=True) == want

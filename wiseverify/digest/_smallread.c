@@ -17,13 +17,19 @@
  * the GIL up and takes it back at each of its four system calls per file.
  *
  *   read_files(paths: list[bytes], sizes: list[int], mtimes: list[int],
- *              noatime: bool) -> list[bytes | None]
+ *              noatime: bool, threads: int = 1) -> list[bytes | None]
+ *
+ * `threads` readers share the batch, taking files in order: a cold small file costs
+ * a disk round trip, and the device answers several at once (200,000 files of
+ * 0-2 KiB on this machine, cold: 31,000 files/s with 2 reads in flight, 43,000
+ * with 4, 52,000 with 8, 60,000 with 16; `md5sum -P2` 30,000).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -106,13 +112,44 @@ done:
     return ok;
 }
 
+/* one batch shared by its reader threads: each takes the next file (in the caller's order,
+ * inode order for the prehash), so `threads` reads are in flight along one sweep */
+typedef struct {
+    const char **paths;
+    const int64_t *size, *mtime;
+    PyObject *out;
+    char *ok;
+    Py_ssize_t n;
+    Py_ssize_t next;
+    int noatime;
+} batch_t;
+
+static void *reader(void *arg)
+{
+    batch_t *b = arg;
+    for (;;) {
+        Py_ssize_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (i >= b->n)
+            break;
+        if (b->paths[i])
+            b->ok[i] = (char)read_one(b->paths[i], b->size[i], b->mtime[i],
+                                      PyBytes_AS_STRING(PyList_GET_ITEM(b->out, i)), b->noatime);
+    }
+    return NULL;
+}
+
 static PyObject *read_files(PyObject *self, PyObject *args)
 {
     PyObject *paths, *sizes, *mtimes;
-    int noatime;
-    if (!PyArg_ParseTuple(args, "O!O!O!p", &PyList_Type, &paths, &PyList_Type, &sizes,
-                          &PyList_Type, &mtimes, &noatime))
+    int noatime, threads = 1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!O!p|i", &PyList_Type, &paths, &PyList_Type, &sizes,
+                          &PyList_Type, &mtimes, &noatime, &threads))
         return NULL;
+    if (threads < 1 || threads > 64) {
+        PyErr_SetString(PyExc_ValueError, "threads must be 1 to 64");
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(paths);
     if (PyList_GET_SIZE(sizes) != n || PyList_GET_SIZE(mtimes) != n) {
         PyErr_SetString(PyExc_ValueError, "paths, sizes and mtimes differ in length");
@@ -150,12 +187,20 @@ static PyObject *read_files(PyObject *self, PyObject *args)
             goto fail;
         PyList_SET_ITEM(out, i, b);
     }
+    batch_t b = {cpaths, csize, cmtime, out, okv, n, 0, noatime};
+    if (threads > n)
+        threads = n > 0 ? (int)n : 1;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (cpaths[i])
-            okv[i] = (char)read_one(cpaths[i], csize[i], cmtime[i],
-                                    PyBytes_AS_STRING(PyList_GET_ITEM(out, i)), noatime);
+    pthread_t tid[64];
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tid[started], NULL, reader, &b) != 0)
+            break; /* fewer readers: the calling thread still reads everything left */
+        started++;
     }
+    reader(&b);
+    for (int t = 0; t < started; t++)
+        pthread_join(tid[t], NULL);
     Py_END_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!okv[i]) {
@@ -181,10 +226,12 @@ fail:
 
 static PyMethodDef METHODS[] = {
     {"read_files", read_files, METH_VARARGS,
-     "read_files(paths, sizes, mtimes, noatime) -> list of bytes or None, by the source rules"},
+     "read_files(paths, sizes, mtimes, noatime, threads=1) -> list of bytes or None, by the "
+     "source rules"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_smallread", NULL, -1, METHODS};
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_smallread", NULL, -1, METHODS,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__smallread(void) { return PyModule_Create(&MODULE); }
