@@ -88,16 +88,14 @@ class LazyClient:
         return self._client
 
 
-async def _head(client, target: S3Target, key: str, ev: Evidence,
+async def _head(client: LazyClient, target: S3Target, key: str, ev: Evidence,
                 part_number: int | None = None, checksum_mode: bool = False) -> dict:
     ev.requests += 1
-    if isinstance(client, LazyClient):
-        client = await client.get()
-    reader = await head_reader(client, target.bucket)
+    reader = await head_reader(await client.get(), target.bucket)
     return await reader.head(key, part_number, checksum_mode)
 
 
-async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str,
+async def plan_one(client: LazyClient, target: S3Target, row: dict, mode: str, metadata: str,
                    head_min_size: int) -> Evidence:
     """Decide the evidence for one candidate row (source and object sizes already equal).
 
@@ -249,7 +247,7 @@ async def plan_one(client, target: S3Target, row: dict, mode: str, metadata: str
     return ev
 
 
-async def part_lengths(client, target: S3Target, key: str, count: int, ev: Evidence,
+async def part_lengths(client: LazyClient, target: S3Target, key: str, count: int, ev: Evidence,
                        start: int = 1) -> list[int]:
     """The length of parts ``start..count``, one ``HeadObject(PartNumber=i)`` each."""
 
@@ -298,8 +296,7 @@ def true_layout(target: S3Target, key: str, count: int, ev: Evidence) -> list[in
     """Every part's length, from a HEAD of each: the layout a mismatch is confirmed against."""
 
     async def _all():
-        client = await target.client()
-        return await part_lengths(client, target, key, count, ev)
+        return await part_lengths(LazyClient(target), target, key, count, ev)
 
     return target.run(_all)
 

@@ -37,9 +37,10 @@ except ImportError:  # pragma: no cover - built without a C compiler
 _local = threading.local()
 #: one Python small-file loop at a time per process (the reference path, when the C reads
 #: are not built): the loop gives up the GIL at every system call (four per file), so two
-#: of them in one process hand it back and forth on every call.  Measured on 80,000 cached 1 KiB files: one thread 80,000 files/s at 12.5 us
-#: of CPU per file; two threads 48,000 files/s at 29 us; four 27,000 files/s at 56 us.
-#: The worker's other threads wait on this lock instead, asleep.
+#: of them in one process hand it back and forth on every call.  Measured on 80,000
+#: cached 1 KiB files: one thread 80,000 files/s at 12.5 us of CPU per file; two threads
+#: 48,000 files/s at 29 us; four 27,000 files/s at 56 us.  The worker's other threads
+#: wait on this lock instead, asleep.
 _LOOP = threading.Lock()
 
 #: the digests hashed ahead of time (evidence.plan_one's spec for an ETag-MD5 object)
@@ -119,30 +120,22 @@ def prehash_files(files: Iterable[tuple[bytes, int, int]],
     if native is None:
         native = _SR is not None
     if native:
-        return _prehash_native(files, stop)
+        return _prehash(files, stop, _NativeReader())
     with _LOOP:
-        return _prehash_files(files, stop)
+        return _prehash(files, stop, _read_python)
 
 
-def _prehash_native(files: Iterable[tuple[bytes, int, int]],
-                    stop: Callable[[], bool] | None) -> list[tuple[bytes, int, int, bytes, int]]:
-    """:func:`_prehash_files` with each batch's system calls made by ``_smallread``, the GIL
-    released: the worker's other threads, and a second loop, run meanwhile, so no lock."""
+def _prehash(files: Iterable[tuple[bytes, int, int]], stop: Callable[[], bool] | None,
+             read: Callable[[list[tuple[bytes, int, int]]], list[bytes | None]]
+             ) -> list[tuple[bytes, int, int, bytes, int]]:
+    """Batches of files read by ``read`` (None: not read cleanly), then hashed together."""
     out: list = []
     crc = CRC_FUNCS["crc64nvme"]
     batch: list[tuple[bytes, int, int]] = []
     held = 0
 
-    readers = READ_THREADS  # until a batch shows the files are cached
-
     def run() -> None:
-        nonlocal readers
-        t0 = time.perf_counter()
-        datas = _SR.read_files([f[0] for f in batch], [f[1] for f in batch],
-                               [f[2] for f in batch], bool(NOATIME), readers)
-        cold = time.perf_counter() - t0 > COLD_SECONDS_PER_FILE * len(batch)
-        readers = READ_THREADS if cold else 1
-        good = [(f, d) for f, d in zip(batch, datas, strict=True) if d is not None]
+        good = [(f, d) for f, d in zip(batch, read(batch), strict=True) if d is not None]
         for ((path, size, mtime_ns), data), digest in zip(good, md5_many([d for _, d in good]),
                                                           strict=True):
             out.append((path, size, mtime_ns, digest, crc(data)))
@@ -161,50 +154,47 @@ def _prehash_native(files: Iterable[tuple[bytes, int, int]],
     return out
 
 
-def _prehash_files(files: Iterable[tuple[bytes, int, int]],
-                   stop: Callable[[], bool] | None) -> list[tuple[bytes, int, int, bytes, int]]:
-    out: list = []
-    crc, fstat, pread, close = CRC_FUNCS["crc64nvme"], os.fstat, os.pread, os.close
-    is_reg = statmod.S_ISREG
-    pending: list = []  # (path, size, mtime_ns, crc) of files read, MD5 not yet taken
-    datas: list[bytes] = []
-    held = 0
+class _NativeReader:
+    """One loop's ``_smallread`` calls, the GIL released for each batch: the worker's other
+    threads, and a second loop, run meanwhile, so no lock.  Several readers per batch
+    until a batch shows the files are cached."""
 
-    def flush() -> None:
-        nonlocal held
-        for (path, size, mtime_ns, c), digest in zip(pending, md5_many(datas), strict=True):
-            out.append((path, size, mtime_ns, digest, c))
-        pending.clear()
-        datas.clear()
-        held = 0
+    def __init__(self) -> None:
+        self.readers = READ_THREADS
 
-    for n, (path, size, mtime_ns) in enumerate(files):
-        if stop is not None and n % 32 == 0 and stop():
-            break
-        try:
-            fd = open_source(path)
-        except OSError:
-            continue
-        try:
-            st = fstat(fd)
-            if not is_reg(st.st_mode) or st.st_size != size or (
-                    st.st_mtime_ns != mtime_ns and mtime_differs(st.st_mtime_ns, mtime_ns)):
-                continue
-            data = pread(fd, size, 0) if size else b""
-            if len(data) != size:
-                continue
-            st = fstat(fd)
-            if st.st_size != size or (st.st_mtime_ns != mtime_ns
-                                      and mtime_differs(st.st_mtime_ns, mtime_ns)):
-                continue
-        except OSError:
-            continue
-        finally:
-            close(fd)
-        pending.append((path, size, mtime_ns, crc(data)))
-        datas.append(data)
-        held += size
-        if len(datas) >= SMALL_BATCH_FILES or held >= SMALL_BATCH_BYTES:
-            flush()
-    flush()
-    return out
+    def __call__(self, batch: list[tuple[bytes, int, int]]) -> list[bytes | None]:
+        t0 = time.perf_counter()
+        datas = _SR.read_files([f[0] for f in batch], [f[1] for f in batch],
+                               [f[2] for f in batch], bool(NOATIME), self.readers)
+        cold = time.perf_counter() - t0 > COLD_SECONDS_PER_FILE * len(batch)
+        self.readers = READ_THREADS if cold else 1
+        return datas
+
+
+def _read_python(batch: list[tuple[bytes, int, int]]) -> list[bytes | None]:
+    """The reference reads: what ``_smallread.read_files`` does, one system call at a time."""
+    return [_read_one(path, size, mtime_ns) for path, size, mtime_ns in batch]
+
+
+def _read_one(path: bytes, size: int, mtime_ns: int) -> bytes | None:
+    try:
+        fd = open_source(path)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not statmod.S_ISREG(st.st_mode) or st.st_size != size or (
+                st.st_mtime_ns != mtime_ns and mtime_differs(st.st_mtime_ns, mtime_ns)):
+            return None
+        data = os.pread(fd, size, 0) if size else b""
+        if len(data) != size:
+            return None
+        st = os.fstat(fd)
+        if st.st_size != size or (st.st_mtime_ns != mtime_ns
+                                  and mtime_differs(st.st_mtime_ns, mtime_ns)):
+            return None
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

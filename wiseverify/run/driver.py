@@ -47,6 +47,7 @@ from wiseverify.report import manifest as AUD
 from wiseverify.report import progress as PROG
 from wiseverify.report import summary as REP
 from wiseverify.run import inventory_stage as INVSTAGE
+from wiseverify.run.metadata_probe import MetadataProbe
 from wiseverify.run.prepare import new_run_id, prepare, resume_config
 from wiseverify.run.sample_stage import sample_stage
 from wiseverify.run.tasks import partition_job
@@ -264,10 +265,10 @@ def partition_stage(run: Run, inv: Spooled) -> Partitioned:
         if fut in dst_futs:
             left_dst -= 1
         if probe is None and left_dst == 0:
-            probe = _MetadataProbe(client, cfg, run.run_dir, run.target, run.inv_reused,
+            probe = MetadataProbe(client, cfg, run.run_dir, run.target, run.inv_reused,
                                    [f.result()["sample"] for f in dst_futs], run.run_id)
     if probe is None:  # nothing was listed on either side
-        probe = _MetadataProbe(client, cfg, run.run_dir, run.target, run.inv_reused, [],
+        probe = MetadataProbe(client, cfg, run.run_dir, run.target, run.inv_reused, [],
                                run.run_id)
     client.gather(pre_futs)
     run.prog.end_stage()
@@ -387,40 +388,3 @@ def write_outputs(run: Run, inv: Spooled, parts: Partitioned, totals: dict,
     run.say(f"report: {run.run_dir / 'report.html'}, audit manifest: {manifest} "
             f"({time.monotonic() - t0:.1f} s)")
     return summary
-
-
-class _MetadataProbe:
-    """``--metadata auto``: the run's sample HEADed (one worker task), then each prefix decided.
-
-    Started as a future, so the HEADs run while the rest of the partition stage
-    does; :meth:`decide` waits for it.  Kept in the run directory: a resumed run
-    decides as the interrupted one did.
-    """
-
-    def __init__(self, client, cfg: VerifyConfig, run_dir: Path, target: S3Target,
-                 inv_reused: bool, samples: list[dict], run_id: str) -> None:
-        self.path = run_dir / "inventory" / "metadata_sample.json"
-        self.saved: MS.Decision | None = None
-        self.future = None
-        if cfg.metadata != "auto" or cfg.mode != "stored":
-            self.off = True
-            return
-        self.off = False
-        if inv_reused and self.path.is_file():
-            self.saved = MS.Decision.from_json(json.loads(self.path.read_text()))
-            return
-        self.future = client.submit(MS.probe, target, MS.merge_samples(samples),
-                                    cfg.head_concurrency, pure=False, priority=1,
-                                    key=f"metadata-sample-{run_id}")
-
-    def decide(self, say: Callable[[str], None]) -> MS.Decision | None:
-        if self.off or self.saved is not None:
-            return self.saved
-        decision = self.future.result()
-        write_text(self.path, json.dumps(decision.to_json()))
-        n = {s: sum(1 for v in decision.state.values() if v == s)
-             for s in (MS.WITH, MS.WITHOUT, MS.FAILED)}
-        say(f"metadata sample: {decision.sampled:,} objects in {len(decision.state):,} "
-            f"top-level prefixes; POSIX metadata in {n[MS.WITH]:,}, none in {n[MS.WITHOUT]:,}"
-            + (f", not sampled in {n[MS.FAILED]:,}" if n[MS.FAILED] else ""))
-        return decision
