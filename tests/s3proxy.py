@@ -44,6 +44,7 @@ class S3Proxy:
         self.upstream = urlsplit(upstream)
         self.faults = faults or Faults()
         self.requests: list[tuple[str, str]] = []  # (method, path?query)
+        self.headers: list[dict[str, str]] = []  # each request's headers, in the same order
         self.injected = {"error": 0, "reset": 0, "slow": 0, "deny": 0}
         self._rng = random.Random(self.faults.seed)
         self._lock = threading.Lock()
@@ -84,6 +85,7 @@ class S3Proxy:
         body = h.rfile.read(length) if length else b""
         with self._lock:
             self.requests.append((h.command, h.path))
+            self.headers.append(dict(h.headers.items()))
             n = len(self.requests)
         path = unquote(urlsplit(h.path).path)
         f = self.faults

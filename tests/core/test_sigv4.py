@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from wiseverify.core.s3 import S3Target, error_text
 from wiseverify.core.sigv4 import HEAD_FIELDS, head_reader
 
@@ -74,3 +78,58 @@ def test_one_reader_per_client_and_bucket(s3, bucket):
         return a is b, a is not c, a.endpoint is not None
 
     assert target.run(go) == (True, True, True)
+
+
+# --- the preflight's plain HeadBucket --------------------------------------------------
+
+
+def test_plain_head_bucket_answers_only_a_200(s3, bucket, monkeypatch):
+    from wiseverify.core.sigv4 import head_bucket_answered
+
+    assert head_bucket_answered(S3Target(bucket, "x/", s3.url))
+    assert not head_bucket_answered(S3Target("no-such-bucket-xyz", "", s3.url))
+    assert not head_bucket_answered(S3Target(bucket, "", s3.url.replace("http:", "https:")))
+    assert not head_bucket_answered(S3Target(bucket, "", None))  # AWS itself: botocore's rules
+    assert not head_bucket_answered(S3Target(bucket, "", s3.url, profile="other"))
+    monkeypatch.setenv("AWS_PROFILE", "other")  # a profile's keys may not be the environment's
+    assert not head_bucket_answered(S3Target(bucket, "", s3.url))
+    monkeypatch.delenv("AWS_PROFILE")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # botocore would use the proxy
+    assert not head_bucket_answered(S3Target(bucket, "", s3.url))
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert not head_bucket_answered(S3Target(bucket, "", s3.url))
+
+
+def test_plain_head_bucket_is_signed_as_botocore_signs(s3, bucket):
+    """Through a proxy that records the request: the Authorization botocore would send."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from wiseverify.core.sigv4 import head_bucket_answered
+
+    from ..s3proxy import S3Proxy
+
+    with S3Proxy(s3.url) as proxy:
+        assert head_bucket_answered(S3Target(bucket, "", proxy.url))
+        (method, path), = proxy.requests
+        sent = proxy.headers[-1]
+    assert (method, path) == ("HEAD", f"/{bucket}")
+    req = AWSRequest("HEAD", f"{proxy.url}/{bucket}", headers={
+        "X-Amz-Date": sent["X-Amz-Date"], "X-Amz-Content-SHA256": sent["X-Amz-Content-SHA256"]})
+    creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+    auth = S3SigV4Auth(creds, "s3", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    auth._timestamp = lambda: sent["X-Amz-Date"]  # sign at the instant the request was signed
+    auth.add_auth(req)
+    assert sent["Authorization"] == req.headers["Authorization"]
+
+
+def test_plain_preflight_loads_no_botocore(s3, bucket):
+    """The point of the plain request: the preflight's verdict without botocore's start-up."""
+    code = ("import sys; from wiseverify.core.s3 import S3Target, preflight; "
+            f"preflight(S3Target({bucket!r}, '', {s3.url!r})); "
+            "print(sorted(m for m in ('botocore', 'aiobotocore', 's3fs') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr

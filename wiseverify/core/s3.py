@@ -287,7 +287,17 @@ def error_code(exc: BaseException) -> str | None:
 
 
 def preflight(target: S3Target) -> None:
-    """Fail fast, with one clear sentence, when the destination cannot be used."""
+    """Fail fast, with one clear sentence, when the destination cannot be used.
+
+    A plain request (see :func:`wiseverify.core.sigv4.head_bucket_answered`)
+    answered 200 is the verdict; anything else is asked through botocore.
+    """
+    from wiseverify.core.sigv4 import head_bucket_answered
+
+    where = target.endpoint_url or "AWS S3"
+    _probe_endpoint(target.endpoint_url)
+    if head_bucket_answered(target):
+        return
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
@@ -299,8 +309,6 @@ def preflight(target: S3Target) -> None:
         client = await target.client()
         await client.head_bucket(Bucket=target.bucket)
 
-    where = target.endpoint_url or "AWS S3"
-    _probe_endpoint(target.endpoint_url)
     try:
         target.run(_check)
     except (NoCredentialsError, PartialCredentialsError) as exc:

@@ -127,6 +127,9 @@ class BackgroundPreflight:
     the preflight would have run (:meth:`check`), after the settings checks,
     so messages and their order are unchanged.  Anything but a clear verdict
     (the child died, a different target) makes the driver check again itself.
+    A plain request (:func:`wiseverify.core.sigv4.head_bucket_answered`) answered
+    200 needs no child at all: the verdict is there in milliseconds, and the
+    forkserver's processes are the workers alone.
     """
 
     def __init__(self, target: S3Target) -> None:
@@ -140,6 +143,11 @@ class BackgroundPreflight:
     def _run(self) -> None:
         import multiprocessing
 
+        from wiseverify.core.sigv4 import head_bucket_answered
+
+        if head_bucket_answered(self.target):  # a plain request: answered here, in ms
+            self._verdict.set_result(("ok", ""))
+            return
         ctx = multiprocessing.get_context("forkserver")
         verdict: tuple[str, str] = ("again", "")
         try:
