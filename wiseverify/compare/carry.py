@@ -87,23 +87,28 @@ Carried = Decided
 
 
 def load_previous(prev: Path, part: int, keys: pa.Array) -> pa.Table:
-    """Previous rows for ``keys`` whose verdict can be carried (content evidence named).
+    """Previous rows for ``keys``: the columns :func:`carry_over` compares and carries.
 
     The same partition's file when the layout is the same, else the keys looked up
-    in the whole previous table.
+    in the whole previous table.  Rows whose verdict cannot be carried are left
+    in (:func:`carry_over` passes them over): filtering them out copied every
+    column of the partition to drop a handful of rows.
     """
     f = prev / "reconciliation" / f"part-{part:05d}.parquet"
     cols = ["key", *{a for a, _ in SOURCE_FACTS}, *{a for a, _ in OBJECT_FACTS},
             *EVIDENCE_COLUMNS]
     cols = list(dict.fromkeys(cols))
     if f.is_file():
-        table = ds.dataset(f).to_table(columns=cols)
-    else:
-        table = ds.dataset(prev / "reconciliation").to_table(
-            columns=cols, filter=ds.field("key").isin(keys))
-    keep = pc.and_(pc.is_in(table.column("status"), value_set=pa.array(CARRIED_STATUSES)),
-                   pc.is_valid(table.column("verified_by")))
-    return table.filter(keep)
+        return ds.dataset(f).to_table(columns=cols)
+    return ds.dataset(prev / "reconciliation").to_table(
+        columns=cols, filter=ds.field("key").isin(keys))
+
+
+def _carriable(prev: pa.Table):
+    """Previous rows whose verdict may be carried: content evidence, named."""
+    return pc.fill_null(pc.and_(
+        pc.is_in(prev.column("status"), value_set=pa.array(CARRIED_STATUSES)),
+        pc.is_valid(prev.column("verified_by"))), False)
 
 
 def carry_over(mt, rows: np.ndarray, prev: pa.Table, allowed: np.ndarray | None = None
@@ -122,27 +127,28 @@ def carry_over(mt, rows: np.ndarray, prev: pa.Table, allowed: np.ndarray | None 
     if not len(rows) or not prev.num_rows:
         return None
     sel = pa.array(rows, pa.int64())
-    pkey = prev.column("key")
-    if pc.count_distinct(pkey).as_py() != len(pkey):
-        # a previous table holding a key twice (not one this version writes): joined,
-        # and one of its pairings stands, as before
-        return _carry_joined(mt, sel, prev, allowed)
-    # one previous row per key: a hash lookup of each open key, then only the facts
-    # compared and only the carried rows' evidence taken (a join materialised every
-    # column of both sides first: 0.15 s of 0.2 per 125,000 rows)
-    keys = mt.column("key").take(sel)
-    found = pc.index_in(keys, value_set=pkey)
-    hit = pc.is_valid(found)
-    at_prev = pc.drop_null(found)
-    pos = np.asarray(rows, np.int64)[hit.to_numpy(zero_copy_only=False)]
-    if not len(pos):
+    keys = mt.column("key").take(sel)  # one row per key
+    # each previous key looked up among the open keys: one hash table, of the open keys
+    found = pc.index_in(prev.column("key"), value_set=keys)
+    at_prev = np.flatnonzero(pc.is_valid(found).to_numpy(zero_copy_only=False))
+    if not len(at_prev):
         return None
-    here = pa.array(pos, pa.int64())
+    at_open = pc.drop_null(found).to_numpy(zero_copy_only=False).astype(np.int64)
+    if np.bincount(at_open, minlength=len(keys)).max() > 1:
+        # a previous table holding an open key twice (not one this version writes):
+        # joined, and one of its pairings stands, as before
+        return _carry_joined(mt, sel, prev, allowed)
+    # one previous row per open key: only the facts compared and only the carried rows'
+    # evidence taken (a join materialised every column of both sides first: 0.15 s of
+    # 0.2 per 125,000 rows)
+    pos = np.asarray(rows, np.int64)[at_open]
+    here, there = pa.array(pos, pa.int64()), pa.array(at_prev, pa.int64())
     # the key must also be the object's name byte for byte (the lookup matched the key)
-    same = pc.equal(mt.column("dst_rel").take(here), keys.filter(hit))
+    same = pc.and_(_carriable(prev).take(there),
+                   pc.equal(mt.column("dst_rel").take(here), prev.column("key").take(there)))
     for a, b in SOURCE_FACTS + OBJECT_FACTS:
-        same = pc.and_(same, pc.equal(mt.column(a).take(here), prev.column(b).take(at_prev)))
-    return _carried(n, pos, at_prev.to_numpy(zero_copy_only=False), same, prev, allowed)
+        same = pc.and_(same, pc.equal(mt.column(a).take(here), prev.column(b).take(there)))
+    return _carried(n, pos, at_prev, same, prev, allowed)
 
 
 def _carried(n: int, pos: np.ndarray, at_prev: np.ndarray, same, prev: pa.Table,
@@ -166,6 +172,7 @@ def _carried(n: int, pos: np.ndarray, at_prev: np.ndarray, same, prev: pa.Table,
 def _carry_joined(mt, sel: pa.Array, prev: pa.Table, allowed: np.ndarray | None
                   ) -> Carried | None:
     facts = {mine for mine, _ in SOURCE_FACTS + OBJECT_FACTS}
+    prev = prev.filter(_carriable(prev))
     prev = prev.append_column("_at", pa.array(np.arange(prev.num_rows, dtype=np.int64)))
     mine = pa.table({"key": mt.column("key").take(sel), "_pos": sel,
                      "_rel": mt.column("dst_rel").take(sel),
