@@ -79,3 +79,20 @@ def test_a_previous_table_with_a_key_twice_is_still_carried_by_a_join():
 def test_nothing_in_common_carries_nothing():
     assert C.carry_over(_current(["a"]), np.arange(1), _prev(["b"], ["x"], [False])) is None
     assert C.carry_over(_current(["a"]), np.arange(0), _prev(["a"], ["x"], [False])) is None
+
+
+def test_only_content_verdicts_with_their_evidence_named_are_carried():
+    """load_previous keeps every row; carry_over itself passes over what cannot stand."""
+    keys = ["a", "b", "c", "d"]
+    prev = _prev(keys, ["etag-md5", "etag-md5", None, "etag-md5"], [False] * 4)
+    prev = prev.set_column(prev.schema.get_field_index("status"), "status",
+                           pa.array(["MATCH", "EXTRA_IN_DEST", "MATCH", "CONTENT_MISMATCH"]))
+    got = C.carry_over(_current(keys), np.arange(4), prev)
+    # b: not a content verdict; c: no evidence named; d: a content mismatch stands
+    assert got.mask.tolist() == [True, False, False, True]
+    assert got.columns["status"].to_pylist() == ["MATCH", None, None, "CONTENT_MISMATCH"]
+    # the same with a key twice (the joined path)
+    twice = _prev(["a", "a", "b"], ["etag-md5", "etag-md5", "etag-md5"], [False] * 3)
+    twice = twice.set_column(twice.schema.get_field_index("status"), "status",
+                             pa.array(["MATCH", "MATCH", "MISSING_IN_DEST"]))
+    assert C.carry_over(_current(["a", "b"]), np.arange(2), twice).mask.tolist() == [True, False]
