@@ -43,3 +43,19 @@ def test_workers_import_the_drivers_package_not_the_working_directorys(tmp_path)
     [(pkg, tasks)] = out["workers"]
     assert pkg == out["driver"]
     assert tasks.startswith(os.path.dirname(out["driver"]))
+
+
+def test_a_configured_start_method_stops_the_forkserver_started_before_it_was_read():
+    """The forkserver starts before dask's settings are read; one they do not want is stopped."""
+    code = ("import multiprocessing.forkserver as f; "
+            "from wiseverify.deploy.cluster import prestart_local_workers; "
+            "print(prestart_local_workers(), f._forkserver._forkserver_pid)")
+    out = {}
+    for method in ("fork", "spawn"):
+        env = {**os.environ, "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": method}
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-3000:]
+        out[method] = p.stdout.split()
+    assert out["fork"] == ["False", "None"]
+    assert out["spawn"][0] == "True" and int(out["spawn"][1]) > 0

@@ -78,21 +78,31 @@ def prestart_local_workers() -> bool:
     Returns whether a forkserver runs (not where :func:`_fast_worker_start`
     keeps the configured method).
 
+    It starts before dask is imported to read that setting: the import takes
+    0.2 s, and the preload is what the workers of a short run wait for.  A
+    forkserver started for a setting that then says otherwise is stopped.
+
     For the command line only: the forkserver lives as long as the process,
     and the project modules it preloads are those of the moment it started.
     """
-    if not _forkserver_wanted():
-        return False
     import multiprocessing
     from multiprocessing import forkserver
 
-    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
-        return True  # started before (an earlier run in this process): as it is
-    multiprocessing.get_context("forkserver").set_forkserver_preload(
-        [*WORKER_PRELOAD, *PROJECT_PRELOAD])
-    with _driver_import_path():
-        forkserver.ensure_running()
-    return True
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    started = False
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(
+            [*WORKER_PRELOAD, *PROJECT_PRELOAD])
+        with _driver_import_path():
+            forkserver.ensure_running()
+        started = True
+    if _forkserver_wanted():
+        return True
+    if started:  # a configured start method other than spawn: its workers fork elsewhere
+        with contextlib.suppress(Exception):
+            forkserver._forkserver._stop()
+    return False
 
 
 def _aws_env() -> dict[str, str]:
