@@ -336,6 +336,40 @@ def test_key_sort_gives_pyarrows_order(monkeypatch):
     assert np.array_equal(K.sort_order(binary).to_numpy(), pc.sort_indices(binary).to_numpy())
 
 
+def test_key_hash_is_pandas_hash_array_bit_for_bit():
+    """The partition of a key must not change between versions: an incremental run reads
+    the previous run's partition of each key.  The C hash of Arrow columns equals
+    pandas' hash_array on every length class (0..70 bytes, 1,500), multi-byte UTF-8,
+    binary names, slices and chunked columns; a column with nulls goes to pandas."""
+    import random
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    assert K._SORT is not None, "wiseverify.core._fastkeys is not built"
+    rnd = random.Random(3)
+    alphabet = "abcXYZ/._-0123 \u00e9\u00fc\u00df\u6f22\u5b57\U0001f600\u0301"
+    keys = ["", "a" * 1500] + ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 70)))
+                               for _ in range(5000)]
+    want = pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False)
+    text = pa.array(keys, pa.string())
+    assert np.array_equal(K.key_hash(text), want)
+    assert np.array_equal(K.key_hash(text.slice(17, 900)), want[17:917])
+    assert np.array_equal(K.key_hash(pa.chunked_array([text[:10], text[10:]])), want)
+    raw = [k.encode() + b"\xff" for k in keys[:300]]
+    assert np.array_equal(K.key_hash(pa.array(raw, pa.binary())),
+                          pd.util.hash_array(np.asarray(raw, dtype=object), categorize=False))
+    assert np.array_equal(K.key_hash(keys), want)  # a list: pandas itself
+    with_null = pa.array(["a", None, "b"], pa.string())
+    assert np.array_equal(K.key_hash(with_null),
+                          pd.util.hash_array(np.array(["a", None, "b"], dtype=object),
+                                             categorize=False))
+    # a fixed value: a change of pandas' hash would move every key's partition too
+    assert int(K.key_hash(pa.array(["dir/file.txt"]))[0]) == 3912245430469589822
+    assert int(K.key_hash(["dir/file.txt"])[0]) == 3912245430469589822
+
+
 def test_key_names():
     assert K.name_problem(b"ok/name.txt") is None
     assert "UTF-8" in K.name_problem(b"caf\xe9")

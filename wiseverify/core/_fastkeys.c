@@ -14,6 +14,13 @@
  * (each is a prefix of the longer ones), so no key is ever compared twice.
  * Every step is stable and starts from row order, so equal keys stay in row
  * order.  The GIL is released while sorting.
+ *
+ * hash_keys(offsets, data, start, n, out) writes into ``out`` (n uint64) the
+ * partition hash of each key: pandas.util.hash_array(keys, categorize=False)
+ * bit for bit (SipHash-2-4 of the UTF-8 bytes with pandas' fixed key
+ * "0123456789123456", then its 64-bit mixing step), as every run so far has
+ * partitioned its keys.  pandas wants a Python str object per key first; here
+ * the Arrow buffers are hashed as they are, without the GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -168,9 +175,105 @@ done:
     return result;
 }
 
+/* --- the partition hash ------------------------------------------------------------ */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                       \
+    do {                                                                               \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                      \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                         \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                         \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                      \
+    } while (0)
+
+static inline uint64_t le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* SipHash-2-4, the reference algorithm (as pandas/_libs/hashing.pyx has it) */
+static uint64_t siphash24(const uint8_t *in, size_t len, uint64_t k0, uint64_t k1)
+{
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+    const uint8_t *end = in + len - (len % 8);
+    uint64_t b = ((uint64_t)len) << 56;
+    for (; in != end; in += 8) {
+        uint64_t m = le64(in);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    for (size_t j = len & 7; j > 0; j--)
+        b |= ((uint64_t)in[j - 1]) << (8 * (j - 1));
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static PyObject *hash_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer offsets, data, out;
+    Py_ssize_t start, n;
+    if (!PyArg_ParseTuple(args, "y*y*nnw*", &offsets, &data, &start, &n, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (n < 0 || start < 0 || (size_t)(start + n + 1) * 4 > (size_t)offsets.len
+        || (size_t)n * 8 > (size_t)out.len) {
+        PyErr_SetString(PyExc_ValueError, "hash_keys: buffers too small for the rows");
+        goto done;
+    }
+    const int32_t *off = (const int32_t *)offsets.buf + start;
+    if (n && (off[0] < 0 || (Py_ssize_t)off[n] > data.len)) {
+        PyErr_SetString(PyExc_ValueError, "hash_keys: offsets outside the data buffer");
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (off[j + 1] < off[j]) {
+            PyErr_SetString(PyExc_ValueError, "hash_keys: offsets not ascending");
+            goto done;
+        }
+    }
+    const uint8_t *bytes = (const uint8_t *)data.buf;
+    uint64_t *h = (uint64_t *)out.buf;
+    const uint8_t *key = (const uint8_t *)"0123456789123456";
+    const uint64_t k0 = le64(key), k1 = le64(key + 8);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint64_t v = siphash24(bytes + off[j], (size_t)(off[j + 1] - off[j]), k0, k1);
+        v ^= v >> 30;
+        v *= 0xBF58476D1CE4E5B9ULL;
+        v ^= v >> 27;
+        v *= 0x94D049BB133111EBULL;
+        v ^= v >> 31;
+        h[j] = v;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"sort_keys", sort_keys, METH_VARARGS,
      "sort_keys(offsets, data, start, n, out): row numbers of n keys in byte order into out"},
+    {"hash_keys", hash_keys, METH_VARARGS,
+     "hash_keys(offsets, data, start, n, out): pandas' hash_array of n keys into out (uint64)"},
     {NULL, NULL, 0, NULL},
 };
 

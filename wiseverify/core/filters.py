@@ -311,7 +311,7 @@ class Filters:
         from wiseverify.core.keys import key_hash
 
         col = "nkey" if "nkey" in table.column_names else "key"
-        h = key_hash(table.column(col).to_numpy(zero_copy_only=False))
+        h = key_hash(table.column(col))
         mine = ((h >> 32) % self.slice_n) == (self.slice_k - 1)
         keep = pa.array(mine)
         if counts is not None and not mine.all():

@@ -86,7 +86,7 @@ def compact(spool_paths: list[str], out_dir: str, nparts: int, tag: str,
         return {"rows": 0, "sample": {}}
     table = pa.concat_tables(tables)
     if nparts > 1 or sample_k:
-        hashes = K.key_hash(table.column("nkey").to_numpy(zero_copy_only=False))
+        hashes = K.key_hash(table.column("nkey"))
         parts = K.partition_of(None, nparts, hashes)
     else:
         hashes, parts = None, np.zeros(table.num_rows, np.int32)

@@ -97,7 +97,7 @@ def _archived(t: pa.Table) -> np.ndarray:
 
 def _draw(nkeys: pa.ChunkedArray | pa.Array, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) per key: splitmix64 of its key hash and the seed."""
-    x = K.key_hash(nkeys.to_numpy(zero_copy_only=False)).astype(np.uint64)
+    x = K.key_hash(nkeys).astype(np.uint64)
     with np.errstate(over="ignore"):
         x = x ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
         x = x + np.uint64(0x9E3779B97F4A7C15)
