@@ -19,8 +19,10 @@ import pyarrow as pa
 from wiseverify.core.runio import write_atomic
 from wiseverify.core.s3 import S3Target
 
-#: rows per spool file written by one inventory or report task (bounds compaction memory)
-ROWS_PER_SPOOL = 500_000
+#: rows per spool file written by one inventory or report task (bounds compaction memory).
+#: A spool file is never split between compaction tasks: at 500,000 a million-object
+#: inventory was compacted by two tasks while the source side had a task per thread
+ROWS_PER_SPOOL = 100_000
 #: algorithms whose report values the digest stage can reproduce from the source
 
 
