@@ -90,6 +90,7 @@ def test_plain_head_bucket_answers_only_a_200(s3, bucket, monkeypatch):
     assert not head_bucket_answered(S3Target("no-such-bucket-xyz", "", s3.url))
     assert not head_bucket_answered(S3Target(bucket, "", s3.url.replace("http:", "https:")))
     assert not head_bucket_answered(S3Target(bucket, "", None))  # AWS itself: botocore's rules
+    assert not head_bucket_answered(S3Target(bucket, "", s3.url + "/s3"))  # a path of its own
     assert not head_bucket_answered(S3Target(bucket, "", s3.url, profile="other"))
     monkeypatch.setenv("AWS_PROFILE", "other")  # a profile's keys may not be the environment's
     assert not head_bucket_answered(S3Target(bucket, "", s3.url))

@@ -387,10 +387,10 @@ def head_bucket_answered(target: Any, timeout: float = 5.0) -> bool:
             or any(env.get(name) for name in _NOT_PLAIN_ENV)):
         return False
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.query:
-        return False
+    if parts.scheme != "http" or not parts.hostname or parts.query or parts.path.strip("/"):
+        return False  # an endpoint with a path of its own: how to address it is botocore's
     region = target.region or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    path = f"{parts.path.rstrip('/')}/{quote(target.bucket, safe='')}"
+    path = f"/{quote(target.bucket, safe='')}"
     signer = Signer(key, secret, env.get("AWS_SESSION_TOKEN") or None, region)
     headers = signer.headers(host_header(url), path, {}, method="HEAD")
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
