@@ -102,7 +102,7 @@ def test_plain_head_bucket_answers_only_a_200(s3, bucket, monkeypatch):
     assert not head_bucket_answered(S3Target(bucket, "", s3.url))
 
 
-def test_plain_head_bucket_is_signed_as_botocore_signs(s3, bucket):
+def test_plain_head_bucket_is_signed_as_botocore_signs(s3, bucket, monkeypatch):
     """Through a proxy that records the request: the Authorization botocore would send."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
@@ -121,7 +121,13 @@ def test_plain_head_bucket_is_signed_as_botocore_signs(s3, bucket):
         "X-Amz-Date": sent["X-Amz-Date"], "X-Amz-Content-SHA256": sent["X-Amz-Content-SHA256"]})
     creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
     auth = S3SigV4Auth(creds, "s3", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    auth._timestamp = lambda: sent["X-Amz-Date"]  # sign at the instant the request was signed
+    import datetime
+
+    import botocore.auth
+
+    # botocore signs at the instant the request was signed here
+    signed_at = datetime.datetime.strptime(sent["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *a, **k: signed_at)
     auth.add_auth(req)
     assert sent["Authorization"] == req.headers["Authorization"]
 
