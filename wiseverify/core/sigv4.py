@@ -29,7 +29,7 @@ import weakref
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from wiseverify.core.s3 import fast_timestamp
+from wiseverify.core.timestamps import fast_timestamp
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
