@@ -130,6 +130,30 @@ static void sort_run(rec *a, rec *tmp, size_t m, uint64_t depth, const int32_t *
     }
 }
 
+/* The offsets of rows [start, start + n) of an Arrow string/binary array, checked
+ * against the buffers (and ``out``, n 8-byte values), or NULL with a ValueError. */
+static const int32_t *key_offsets(const char *fn, Py_buffer *offsets, Py_buffer *data,
+                                  Py_ssize_t start, Py_ssize_t n, Py_buffer *out)
+{
+    if (n < 0 || start < 0 || (size_t)(start + n + 1) * 4 > (size_t)offsets->len
+        || (size_t)n * 8 > (size_t)out->len || n > (Py_ssize_t)UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: buffers too small for the rows", fn);
+        return NULL;
+    }
+    const int32_t *off = (const int32_t *)offsets->buf + start;
+    if (n && (off[0] < 0 || (Py_ssize_t)off[n] > data->len)) {
+        PyErr_Format(PyExc_ValueError, "%s: offsets outside the data buffer", fn);
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (off[j + 1] < off[j]) {
+            PyErr_Format(PyExc_ValueError, "%s: offsets not ascending", fn);
+            return NULL;
+        }
+    }
+    return off;
+}
+
 static PyObject *sort_keys(PyObject *self, PyObject *args)
 {
     Py_buffer offsets, data, out;
@@ -138,16 +162,9 @@ static PyObject *sort_keys(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     rec *recs = NULL;
-    if (n < 0 || start < 0 || (size_t)(start + n + 1) * 4 > (size_t)offsets.len
-        || (size_t)n * 8 > (size_t)out.len || n > (Py_ssize_t)UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "sort_keys: buffers too small for the rows");
+    const int32_t *off = key_offsets("sort_keys", &offsets, &data, start, n, &out);
+    if (!off)
         goto done;
-    }
-    const int32_t *off = (const int32_t *)offsets.buf + start;
-    if (n && (off[0] < 0 || (Py_ssize_t)off[n] > data.len)) {
-        PyErr_SetString(PyExc_ValueError, "sort_keys: offsets outside the data buffer");
-        goto done;
-    }
     recs = malloc(sizeof(rec) * (size_t)(2 * n + 1));
     if (!recs) {
         PyErr_NoMemory();
@@ -229,22 +246,9 @@ static PyObject *hash_keys(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*nnw*", &offsets, &data, &start, &n, &out))
         return NULL;
     PyObject *result = NULL;
-    if (n < 0 || start < 0 || (size_t)(start + n + 1) * 4 > (size_t)offsets.len
-        || (size_t)n * 8 > (size_t)out.len) {
-        PyErr_SetString(PyExc_ValueError, "hash_keys: buffers too small for the rows");
+    const int32_t *off = key_offsets("hash_keys", &offsets, &data, start, n, &out);
+    if (!off)
         goto done;
-    }
-    const int32_t *off = (const int32_t *)offsets.buf + start;
-    if (n && (off[0] < 0 || (Py_ssize_t)off[n] > data.len)) {
-        PyErr_SetString(PyExc_ValueError, "hash_keys: offsets outside the data buffer");
-        goto done;
-    }
-    for (Py_ssize_t j = 0; j < n; j++) {
-        if (off[j + 1] < off[j]) {
-            PyErr_SetString(PyExc_ValueError, "hash_keys: offsets not ascending");
-            goto done;
-        }
-    }
     const uint8_t *bytes = (const uint8_t *)data.buf;
     uint64_t *h = (uint64_t *)out.buf;
     const uint8_t *key = (const uint8_t *)"0123456789123456";
