@@ -56,15 +56,11 @@ def key_hash(nkeys: pa.Array | pa.ChunkedArray | np.ndarray | list[str] | pd.Ser
     result (``_fastkeys.hash_keys``) from its buffers: pandas needs a Python
     object per key, 200 ns each, three times per key in a run.
     """
-    if isinstance(nkeys, pa.ChunkedArray):
-        nkeys = nkeys.combine_chunks()
-    if isinstance(nkeys, pa.Array):
-        if (_SORT is not None and len(nkeys) and not nkeys.null_count
-                and nkeys.type in (pa.string(), pa.binary())):
+    if isinstance(nkeys, pa.Array | pa.ChunkedArray):
+        nkeys, c_args = _c_keys(nkeys)
+        if c_args is not None:
             out = np.empty(len(nkeys), np.uint64)
-            bufs = nkeys.buffers()
-            _SORT.hash_keys(bufs[1], bufs[2] if bufs[2] is not None else b"", nkeys.offset,
-                            len(nkeys), out)
+            _SORT.hash_keys(*c_args, out)
             return out
         nkeys = nkeys.to_numpy(zero_copy_only=False)
     arr = np.asarray(nkeys, dtype=object)
@@ -132,11 +128,20 @@ def sort_order(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     takes 8 bytes per step instead of comparing shared directory prefixes over
     and over; it was a tenth of a partition's CPU in pyarrow.
     """
+    arr, c_args = _c_keys(keys)
+    if c_args is None:
+        return pc.sort_indices(arr)
+    out = np.empty(len(arr), np.int64)
+    _SORT.sort_keys(*c_args, out)
+    return pa.array(out)
+
+
+def _c_keys(keys: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, tuple | None]:
+    """``keys`` as one array, and the ``(offsets, data, start, n)`` the ``_fastkeys``
+    functions take, or None where they do not apply (not built, nulls, other types)."""
     arr = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
     if (_SORT is None or not len(arr) or arr.null_count
             or arr.type not in (pa.string(), pa.binary())):
-        return pc.sort_indices(arr)
-    out = np.empty(len(arr), np.int64)
+        return arr, None
     bufs = arr.buffers()
-    _SORT.sort_keys(bufs[1], bufs[2] if bufs[2] is not None else b"", arr.offset, len(arr), out)
-    return pa.array(out)
+    return arr, (bufs[1], bufs[2] if bufs[2] is not None else b"", arr.offset, len(arr))
