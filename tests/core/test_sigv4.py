@@ -84,7 +84,7 @@ def test_one_reader_per_client_and_bucket(s3, bucket):
 
 
 def test_plain_head_bucket_answers_only_a_200(s3, bucket, monkeypatch):
-    from wiseverify.core.sigv4 import head_bucket_answered
+    from wiseverify.core.headbucket import head_bucket_answered
 
     assert head_bucket_answered(S3Target(bucket, "x/", s3.url))
     assert not head_bucket_answered(S3Target("no-such-bucket-xyz", "", s3.url))
@@ -108,7 +108,7 @@ def test_plain_head_bucket_is_signed_as_botocore_signs(s3, bucket, monkeypatch):
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from wiseverify.core.sigv4 import head_bucket_answered
+    from wiseverify.core.headbucket import head_bucket_answered
 
     from ..s3proxy import S3Proxy
 

@@ -261,17 +261,18 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
-def preflight(target: S3Target) -> None:
+def preflight(target: S3Target, plain: bool = True) -> None:
     """Fail fast, with one clear sentence, when the destination cannot be used.
 
-    A plain request (see :func:`wiseverify.core.sigv4.head_bucket_answered`)
+    A plain request (see :func:`wiseverify.core.headbucket.head_bucket_answered`)
     answered 200 is the verdict; anything else is asked through botocore.
+    ``plain=False``: the caller has sent the plain request already, and it was not.
     """
-    from wiseverify.core.sigv4 import head_bucket_answered
+    from wiseverify.core.headbucket import head_bucket_answered
 
     where = target.endpoint_url or "AWS S3"
     _probe_endpoint(target.endpoint_url)
-    if head_bucket_answered(target):
+    if plain and head_bucket_answered(target):
         return
     from botocore.exceptions import (
         ClientError,

@@ -116,7 +116,7 @@ def _preflight_child(conn, target: S3Target, env: dict[str, str]) -> None:
 
     os.environ.update(env)
     try:
-        preflight(target)
+        preflight(target, plain=False)  # the driver's own plain request was not answered 200
         verdict = ("ok", "")
     except S3ConfigError as exc:
         verdict = ("refused", str(exc))
@@ -137,7 +137,7 @@ class BackgroundPreflight:
     the preflight would have run (:meth:`check`), after the settings checks,
     so messages and their order are unchanged.  Anything but a clear verdict
     (the child died, a different target) makes the driver check again itself.
-    A plain request (:func:`wiseverify.core.sigv4.head_bucket_answered`) answered
+    A plain request (:func:`wiseverify.core.headbucket.head_bucket_answered`) answered
     200 needs no child at all: the verdict is there in milliseconds, and the
     forkserver's processes are the workers alone.
     """
@@ -153,14 +153,18 @@ class BackgroundPreflight:
     def _run(self) -> None:
         import multiprocessing
 
-        from wiseverify.core.sigv4 import head_bucket_answered
+        from wiseverify.core.headbucket import head_bucket_answered
 
-        if head_bucket_answered(self.target):  # a plain request: answered here, in ms
-            self._verdict.set_result(("ok", ""))
-            return
-        ctx = multiprocessing.get_context("forkserver")
         verdict: tuple[str, str] = ("again", "")
         try:
+            try:
+                plain = head_bucket_answered(self.target)
+            except Exception:  # noqa: BLE001 - not answered: the child asks botocore
+                plain = False
+            if plain:  # a plain request: answered here, in ms, no child
+                verdict = ("ok", "")
+                return
+            ctx = multiprocessing.get_context("forkserver")
             recv, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_preflight_child, args=(send, self.target, _aws_env()),
                                name="wiseverify-preflight", daemon=True)
@@ -180,8 +184,8 @@ class BackgroundPreflight:
         state, text = self._verdict.result() if target == self.target else ("again", "")
         if state == "refused":
             raise S3ConfigError(text)
-        if state != "ok":
-            preflight(target)
+        if state != "ok":  # this target's plain request was sent (by _run) and not answered
+            preflight(target, plain=target != self.target)
 
 
 @contextlib.contextmanager
