@@ -142,6 +142,7 @@ static PyObject *read_files(PyObject *self, PyObject *args)
 {
     PyObject *paths, *sizes, *mtimes;
     int noatime, threads = 1;
+    PyObject *result = NULL;
     (void)self;
     if (!PyArg_ParseTuple(args, "O!O!O!p|i", &PyList_Type, &paths, &PyList_Type, &sizes,
                           &PyList_Type, &mtimes, &noatime, &threads))
@@ -210,18 +211,15 @@ static PyObject *read_files(PyObject *self, PyObject *args)
             Py_DECREF(old);
         }
     }
-    PyMem_Free(cpaths);
-    PyMem_Free(csize);
-    PyMem_Free(cmtime);
-    PyMem_Free(okv);
-    return out;
+    result = out;
+    out = NULL;
 fail:
     PyMem_Free(cpaths);
     PyMem_Free(csize);
     PyMem_Free(cmtime);
     PyMem_Free(okv);
     Py_XDECREF(out);
-    return NULL;
+    return result;
 }
 
 static PyMethodDef METHODS[] = {

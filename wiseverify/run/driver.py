@@ -59,6 +59,8 @@ SPLIT_MIN_ROWS = 5_000
 #: driver a third of a core busy during the inventory; at 8,000 a job of cold files
 #: still takes well under a second, so the last ones leave no long tail
 PREHASH_ROWS = 8_000
+
+
 def _progress(log: Callable[[str], None] | None):
     def say(msg: str) -> None:
         if log is not None:
