@@ -213,6 +213,28 @@ def test_units_pack_small_files_and_split_large_ones():
     assert len(D.split_file(md5, 8 * MiB)) == 1
 
 
+def test_multipart_ranges_fill_the_md5_lanes():
+    """A range of a multipart object holds at least a lane's worth of parts, evenly shared."""
+    part = 8 * MiB
+    size = 130 * part + 12345
+    spec = D.Spec(whole=("crc64nvme",), parts=("md5",),
+                  part_offsets=tuple(range(0, size, part)))
+    item = D.FileItem(1, "/x/mp", size, 0, spec)
+    ranges = D.split_file(item, 50 * MiB, min_parts=16)
+    counts = [len(HASHING._parts_of(r)) for r in ranges]
+    assert len(ranges) == 8 and min(counts) >= 16 and max(counts) - min(counts) <= 1
+    assert [r.offset for r in ranges] == sorted(r.offset for r in ranges)
+    assert all(r.offset % part == 0 for r in ranges)
+    assert sum(r.length for r in ranges) == size
+    assert all(a.offset + a.length == b.offset for a, b in zip(ranges, ranges[1:], strict=False))
+    # with one lane (hashlib) the range size alone decides, as before
+    assert len(D.split_file(item, 50 * MiB, min_parts=1)) == 21
+    # an object with fewer parts than lanes is one range
+    small = D.FileItem(2, "/x/s", 10 * part, 0, D.Spec(whole=("crc64nvme",), parts=("md5",),
+                       part_offsets=tuple(range(0, 10 * part, part))))
+    assert len(D.split_file(small, 32 * MiB, min_parts=16)) == 1
+
+
 # --- readback GETs signed locally (wiseverify.digest.getrange) -----------------------------
 
 HOSTILE_KEYS = ["plain.bin", "sp ace/\u00fc+%2F~x", "a//b", "/lead", "trail/", "emoji \U0001F600",
