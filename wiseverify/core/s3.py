@@ -373,9 +373,17 @@ def _probe_endpoint(endpoint_url: str | None, timeout: float = 5.0) -> None:
 
 
 async def gather_limited(
-    items: Iterable[Any], fn: Callable[[Any], Awaitable[T]], limit: int = 32
+    items: Iterable[Any], fn: Callable[[Any], Awaitable[T]], limit: int = 32,
+    adaptive: bool = False,
 ) -> list[T]:
-    """Run ``fn`` over ``items`` with at most ``limit`` requests in flight, in order."""
+    """Run ``fn`` over ``items`` with at most ``limit`` requests in flight, in order.
+
+    ``adaptive``: the number in flight starts lower and is doubled only while
+    that raises the answer rate (:class:`Window`), for bursts of small requests
+    (HEADs) to an endpoint that may be one server.
+    """
+    if adaptive:
+        return await _gather_windowed(list(items), fn, Window(limit))
     sem = asyncio.Semaphore(limit)
 
     async def one(item):
@@ -383,6 +391,92 @@ async def gather_limited(
             return await fn(item)
 
     return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+class Window:
+    """How many requests of one burst to keep in flight: doubled while it pays.
+
+    Amazon S3 answers 32 HEADs at once about 32 times as fast as one.  A
+    single server (a Snowball Edge's S3 adapter, an on-premises gateway, a
+    test endpoint) answers them no faster than 4: the other 28 only queue
+    there, and a threaded Python server spent a fifth more CPU per request
+    switching between them (556 HEADs: 1.23 CPU-s at 32 in flight, 1.0 at 2-8).
+    So, as TCP's slow start and BBR's startup probe a link: start at
+    :data:`START`, measure the answer rate over each round (as many answers as
+    are in flight), double while a round is at least :data:`GROWTH` times the
+    best so far, and after :data:`FLAT_ROUNDS` rounds without that keep the
+    best window; after :data:`REPROBE_S` seconds at it, try doubling again, in
+    case the endpoint was only busy.  Never below :data:`START`, never above
+    ``limit``.
+    """
+
+    START = 4
+    GROWTH = 1.25
+    FLAT_ROUNDS = 2
+    REPROBE_S = 1.0
+
+    def __init__(self, limit: int, now: float = 0.0) -> None:
+        self.limit = max(1, limit)
+        self.size = min(self.limit, self.START)
+        self.best_rate = 0.0
+        self.best_size = self.size
+        self.growing = self.size < self.limit
+        self.flat = 0
+        self.steady_since = now
+        self.round_start = now
+        self.answered = 0
+
+    def start(self, now: float) -> None:
+        self.round_start = self.steady_since = now
+
+    def answer(self, now: float) -> None:
+        """One request answered at ``now``; a round ends after ``size`` answers."""
+        self.answered += 1
+        if self.answered < self.size:
+            return
+        rate = self.answered / max(now - self.round_start, 1e-6)
+        self.round_start, self.answered = now, 0
+        if rate >= self.best_rate * self.GROWTH:
+            self.best_rate, self.best_size, self.flat = rate, self.size, 0
+            if self.growing:
+                self.size = min(self.limit, 2 * self.size)
+                self.growing = self.size < self.limit
+            return
+        self.best_rate = max(self.best_rate, rate)
+        if self.growing or self.size != self.best_size:
+            self.flat += 1
+            if self.flat >= self.FLAT_ROUNDS:
+                self.size, self.growing, self.flat = self.best_size, False, 0
+                self.steady_since = now
+            return
+        if now - self.steady_since >= self.REPROBE_S and self.size < self.limit:
+            # the rate to beat is this window's now, not a peak from another moment
+            self.best_rate = rate
+            self.size = min(self.limit, 2 * self.size)
+            self.growing = self.size < self.limit
+
+
+async def _gather_windowed(items: list, fn: Callable[[Any], Awaitable[T]],
+                           window: Window) -> list[T]:
+    loop = asyncio.get_running_loop()
+    out: list = [None] * len(items)
+    running: dict[asyncio.Task, int] = {}
+    nxt = 0
+    window.start(loop.time())
+    try:
+        while nxt < len(items) or running:
+            while nxt < len(items) and len(running) < window.size:
+                running[asyncio.ensure_future(fn(items[nxt]))] = nxt
+                nxt += 1
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            now = loop.time()
+            for task in done:
+                out[running.pop(task)] = task.result()
+                window.answer(now)
+    finally:
+        for task in running:
+            task.cancel()
+    return out
 
 
 def strip_etag(etag: str | None) -> str | None:
