@@ -85,3 +85,10 @@ def test_windowed_gather_raises_and_cancels_the_rest():
     with pytest.raises(ValueError, match="boom"):
         asyncio.run(gather_limited(range(50), fn, 8, adaptive=True))
     assert cancelled
+
+
+def test_answers_that_needed_no_request_do_not_stop_the_growth():
+    """Rows whose evidence needs no HEAD finish at once; they are not a rate to beat."""
+    w = Window(32)
+    sizes = _drive(w, lambda size, i: 1e7 if i % 50 < 20 else 50.0 * size, 400)
+    assert w.size == 32 and sizes.index(32) < 150

@@ -407,13 +407,15 @@ class Window:
     best so far, and after :data:`FLAT_ROUNDS` rounds without that keep the
     best window; after :data:`REPROBE_S` seconds at it, try doubling again, in
     case the endpoint was only busy.  Never below :data:`START`, never above
-    ``limit``.
+    ``limit``.  A round shorter than :data:`MIN_ROUND_S` is not measured: its
+    items needed no request (a row whose evidence is in the listing).
     """
 
     START = 4
     GROWTH = 1.25
     FLAT_ROUNDS = 2
     REPROBE_S = 1.0
+    MIN_ROUND_S = 0.0005
 
     def __init__(self, limit: int, now: float = 0.0) -> None:
         self.limit = max(1, limit)
@@ -434,8 +436,11 @@ class Window:
         self.answered += 1
         if self.answered < self.size:
             return
-        rate = self.answered / max(now - self.round_start, 1e-6)
+        elapsed = now - self.round_start
+        rate = self.answered / max(elapsed, 1e-6)
         self.round_start, self.answered = now, 0
+        if elapsed < self.MIN_ROUND_S:
+            return  # answered without a request (nothing to plan): says nothing of the endpoint
         if rate >= self.best_rate * self.GROWTH:
             self.best_rate, self.best_size, self.flat = rate, self.size, 0
             if self.growing:
