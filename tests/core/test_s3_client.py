@@ -40,6 +40,7 @@ def test_profile_signs_the_requests_and_models_are_parsed_once(s3, bucket, profi
     finally:
         del files.load_file
     assert other.filesystem() is not target.filesystem()
+    assert other.filesystem().session.get_component("data_loader") is loader
     assert calls == []
 
 

@@ -213,26 +213,53 @@ def test_units_pack_small_files_and_split_large_ones():
     assert len(D.split_file(md5, 8 * MiB)) == 1
 
 
+def _mp(size, offsets):
+    spec = D.Spec(whole=("crc64nvme",), parts=("md5",), part_offsets=tuple(offsets))
+    return D.FileItem(1, "/x/mp", size, 0, spec)
+
+
+def _contiguous(ranges, item):
+    bounds = set(item.spec.part_offsets)
+    assert ranges[0].offset == 0 and sum(r.length for r in ranges) == item.size
+    assert all(a.offset + a.length == b.offset for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(r.offset in bounds for r in ranges)
+
+
 def test_multipart_ranges_fill_the_md5_lanes():
-    """A range of a multipart object holds at least a lane's worth of parts, evenly shared."""
+    """A range of a multipart object holds a lane's worth of parts, evenly shared."""
     part = 8 * MiB
     size = 130 * part + 12345
-    spec = D.Spec(whole=("crc64nvme",), parts=("md5",),
-                  part_offsets=tuple(range(0, size, part)))
-    item = D.FileItem(1, "/x/mp", size, 0, spec)
+    item = _mp(size, range(0, size, part))
     ranges = D.split_file(item, 50 * MiB, min_parts=16)
+    _contiguous(ranges, item)
     counts = [len(HASHING._parts_of(r)) for r in ranges]
     assert len(ranges) == 8 and min(counts) >= 16 and max(counts) - min(counts) <= 1
-    assert [r.offset for r in ranges] == sorted(r.offset for r in ranges)
-    assert all(r.offset % part == 0 for r in ranges)
-    assert sum(r.length for r in ranges) == size
-    assert all(a.offset + a.length == b.offset for a, b in zip(ranges, ranges[1:], strict=False))
-    # with one lane (hashlib) the range size alone decides, as before
-    assert len(D.split_file(item, 50 * MiB, min_parts=1)) == 21
+    # with one lane (hashlib) the range size alone decides: 50 MiB shares of 8 MiB parts
+    one = D.split_file(item, 50 * MiB, min_parts=1)
+    _contiguous(one, item)
+    assert len(one) == 21 and max(r.length for r in one) <= 56 * MiB
     # an object with fewer parts than lanes is one range
-    small = D.FileItem(2, "/x/s", 10 * part, 0, D.Spec(whole=("crc64nvme",), parts=("md5",),
-                       part_offsets=tuple(range(0, 10 * part, part))))
+    small = _mp(10 * part, range(0, 10 * part, part))
     assert len(D.split_file(small, 32 * MiB, min_parts=16)) == 1
+
+
+def test_multipart_ranges_of_large_parts_stay_one_per_core():
+    """Parts of 1 GiB: filling 16 lanes would make one 16 GiB task; a range per part stays."""
+    part = 1 << 30
+    item = _mp(20 * part, range(0, 20 * part, part))
+    ranges = D.split_file(item, 256 * MiB, min_parts=16)
+    _contiguous(ranges, item)
+    assert len(ranges) == 20
+
+
+def test_multipart_ranges_of_an_irregular_layout_are_shared_by_bytes():
+    """20 parts of 5 MiB then 20 of 500 MiB: the small ones together, then one large each."""
+    offsets = [i * 5 * MiB for i in range(20)] + [100 * MiB + i * 500 * MiB for i in range(20)]
+    item = _mp(100 * MiB + 20 * 500 * MiB, offsets)
+    ranges = D.split_file(item, 256 * MiB, min_parts=16)
+    _contiguous(ranges, item)
+    assert max(r.length for r in ranges) <= 600 * MiB
+    assert len(HASHING._parts_of(ranges[0])) == 21
 
 
 # --- readback GETs signed locally (wiseverify.digest.getrange) -----------------------------

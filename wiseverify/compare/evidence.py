@@ -351,7 +351,7 @@ def plan_evidence(rows: list[dict], target: S3Target, mode: str, metadata: str |
         return await gather_limited(
             range(len(rows)),
             lambda i: plan_one(client, target, rows[i], mode, per_row[i], head_min_size),
-            concurrency, adaptive=True,
+            concurrency, endpoint=target,
         )
 
     return target.run(_all)

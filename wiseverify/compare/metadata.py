@@ -32,7 +32,7 @@ def encryption_of(target: S3Target, keys: list[str]) -> list[str | None]:
             except Exception:
                 return None
 
-        return await gather_limited(keys, one, 16, adaptive=True)
+        return await gather_limited(keys, one, 16, endpoint=target)
 
     return target.run(_all)
 

@@ -113,7 +113,7 @@ def probe(target: S3Target, sample: dict[str, list[str]], concurrency: int = 32)
             except Exception as exc:
                 return exc
 
-        return await gather_limited(jobs, one, concurrency, adaptive=True)
+        return await gather_limited(jobs, one, concurrency, endpoint=target)
 
     got = target.run(_all) if jobs else []
     out = Decision(sampled=len(jobs))

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import fsspec.asyn
 
@@ -46,8 +47,6 @@ def use_fast_timestamps(target: S3Target) -> None:
 
 T = TypeVar("T")
 
-#: botocore client settings: bounded retries with backoff, bounded connect time,
-#: so an unreachable endpoint is an error within seconds, not a hang.
 _LOADERS: dict[str | None, Any] = {}
 
 
@@ -75,12 +74,15 @@ def preload_models() -> None:
     from aiobotocore.session import AioSession
 
     loader = shared_loader(AioSession().get_config_variable("data_path"))
+    loader.load_data_with_path("endpoints")
     loader.load_data("sdk-default-configuration")
     loader.load_data("partitions")
     loader.load_service_model("s3", "service-2")
     loader.load_service_model("s3", "endpoint-rule-set-1")
 
 
+#: botocore client settings: bounded retries with backoff, bounded connect time,
+#: so an unreachable endpoint is an error within seconds, not a hang.
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "retries": {"max_attempts": 6, "mode": "standard"},
     "connect_timeout": 5,
@@ -358,7 +360,6 @@ def _probe_endpoint(endpoint_url: str | None, timeout: float = 5.0) -> None:
     if not endpoint_url:
         return
     import socket
-    from urllib.parse import urlsplit
 
     u = urlsplit(endpoint_url)
     if u.scheme not in ("http", "https") or not u.hostname:
@@ -374,16 +375,20 @@ def _probe_endpoint(endpoint_url: str | None, timeout: float = 5.0) -> None:
 
 async def gather_limited(
     items: Iterable[Any], fn: Callable[[Any], Awaitable[T]], limit: int = 32,
-    adaptive: bool = False,
+    endpoint: S3Target | None = None,
 ) -> list[T]:
     """Run ``fn`` over ``items`` with at most ``limit`` requests in flight, in order.
 
-    ``adaptive``: the number in flight starts lower and is doubled only while
-    that raises the answer rate (:class:`Window`), for bursts of small requests
-    (HEADs) to an endpoint that may be one server.
+    With ``endpoint`` (a burst of small requests, HEADs, to it), an endpoint
+    other than Amazon S3 gets only as many at once as raise its answer rate
+    (:func:`burst_window`).
     """
-    if adaptive:
-        return await _gather_windowed(list(items), fn, Window(limit))
+    window = burst_window(endpoint, limit) if endpoint is not None else None
+    if window is not None:
+        try:
+            return await _gather_windowed(list(items), fn, window)
+        finally:
+            _SETTLED[endpoint.endpoint_url] = window.best_size
     sem = asyncio.Semaphore(limit)
 
     async def one(item):
@@ -391,6 +396,26 @@ async def gather_limited(
             return await fn(item)
 
     return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+#: the window each endpoint settled at in this process's last burst: where the next starts
+_SETTLED: dict[str | None, int] = {}
+_AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+
+
+def burst_window(target: S3Target, limit: int) -> Window | None:
+    """The in-flight window for a burst of requests to ``target``; None for Amazon S3.
+
+    Amazon S3 (no ``--endpoint-url``, or one of its own hosts: a VPC endpoint,
+    FIPS, dual-stack) scales out and gets all ``limit`` at once, as before.
+    Any other endpoint may be a single server, and is probed (:class:`Window`),
+    each burst starting where the previous one to it settled.
+    """
+    url = target.endpoint_url
+    host = (urlsplit(url).hostname or "") if url else ""
+    if not url or host.endswith(_AWS_HOSTS):
+        return None
+    return Window(limit, start=_SETTLED.get(url))
 
 
 class Window:
@@ -403,23 +428,26 @@ class Window:
     switching between them (556 HEADs: 1.23 CPU-s at 32 in flight, 1.0 at 2-8).
     So, as TCP's slow start and BBR's startup probe a link: start at
     :data:`START`, measure the answer rate over each round (as many answers as
-    are in flight), double while a round is at least :data:`GROWTH` times the
-    best so far, and after :data:`FLAT_ROUNDS` rounds without that keep the
-    best window; after :data:`REPROBE_S` seconds at it, try doubling again, in
-    case the endpoint was only busy.  Never below :data:`START`, never above
-    ``limit``.  A round shorter than :data:`MIN_ROUND_S` is not measured: its
-    items needed no request (a row whose evidence is in the listing).
+    are in flight, at least :data:`ROUND_ANSWERS`; not the first round at a new
+    size, which half ran at the old one), double while a round is at
+    least :data:`GROWTH` times the best so far, and after :data:`FLAT_ROUNDS`
+    rounds without that keep the best window; after :data:`REPROBE_S` seconds
+    at it, try doubling again, in case the endpoint was only busy.  Never below
+    :data:`START`, never above ``limit``.  Only answers that took at least
+    :data:`MIN_ANSWER_S` count: an item answered at once needed no request (a
+    row whose evidence is in the listing) and says nothing of the endpoint.
     """
 
     START = 4
     GROWTH = 1.25
     FLAT_ROUNDS = 2
+    ROUND_ANSWERS = 16
     REPROBE_S = 1.0
-    MIN_ROUND_S = 0.0005
+    MIN_ANSWER_S = 0.0005
 
-    def __init__(self, limit: int, now: float = 0.0) -> None:
+    def __init__(self, limit: int, now: float = 0.0, start: int | None = None) -> None:
         self.limit = max(1, limit)
-        self.size = min(self.limit, self.START)
+        self.size = min(self.limit, max(self.START, start or self.START))
         self.best_rate = 0.0
         self.best_size = self.size
         self.growing = self.size < self.limit
@@ -427,38 +455,41 @@ class Window:
         self.steady_since = now
         self.round_start = now
         self.answered = 0
+        self.ramp = False
 
     def start(self, now: float) -> None:
         self.round_start = self.steady_since = now
 
     def answer(self, now: float) -> None:
-        """One request answered at ``now``; a round ends after ``size`` answers."""
+        """One request answered at ``now``; a round ends after ``size`` answers (or more)."""
         self.answered += 1
-        if self.answered < self.size:
+        if self.answered < max(self.size, self.ROUND_ANSWERS):
             return
-        elapsed = now - self.round_start
-        rate = self.answered / max(elapsed, 1e-6)
+        rate = self.answered / max(now - self.round_start, 1e-6)
         self.round_start, self.answered = now, 0
-        if elapsed < self.MIN_ROUND_S:
-            return  # answered without a request (nothing to plan): says nothing of the endpoint
+        if self.ramp:  # the first round at a new size: half its answers were sent before
+            self.ramp = False
+            return
         if rate >= self.best_rate * self.GROWTH:
             self.best_rate, self.best_size, self.flat = rate, self.size, 0
             if self.growing:
-                self.size = min(self.limit, 2 * self.size)
-                self.growing = self.size < self.limit
+                self._resize(2 * self.size)
             return
-        self.best_rate = max(self.best_rate, rate)
         if self.growing or self.size != self.best_size:
             self.flat += 1
             if self.flat >= self.FLAT_ROUNDS:
-                self.size, self.growing, self.flat = self.best_size, False, 0
-                self.steady_since = now
+                self._resize(self.best_size)
+                self.growing, self.flat, self.steady_since = False, 0, now
             return
         if now - self.steady_since >= self.REPROBE_S and self.size < self.limit:
             # the rate to beat is this window's now, not a peak from another moment
             self.best_rate = rate
-            self.size = min(self.limit, 2 * self.size)
-            self.growing = self.size < self.limit
+            self._resize(2 * self.size)
+
+    def _resize(self, size: int) -> None:
+        self.size = min(self.limit, size)
+        self.growing = self.size < self.limit
+        self.ramp = True
 
 
 async def _gather_windowed(items: list, fn: Callable[[Any], Awaitable[T]],
@@ -468,19 +499,31 @@ async def _gather_windowed(items: list, fn: Callable[[Any], Awaitable[T]],
     running: dict[asyncio.Task, int] = {}
     nxt = 0
     window.start(loop.time())
+
+    async def timed(item):
+        t0 = loop.time()
+        res = await fn(item)
+        return res, loop.time() - t0
+
     try:
         while nxt < len(items) or running:
             while nxt < len(items) and len(running) < window.size:
-                running[asyncio.ensure_future(fn(items[nxt]))] = nxt
+                running[asyncio.ensure_future(timed(items[nxt]))] = nxt
                 nxt += 1
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
             for task in done:
-                out[running.pop(task)] = task.result()
-                window.answer(now)
+                res, took = task.result()
+                out[running.pop(task)] = res
+                if took >= window.MIN_ANSWER_S:
+                    window.answer(now)
     finally:
         for task in running:
-            task.cancel()
+            if task.done():  # finished with the one that failed: its error is read, not raised
+                if not task.cancelled():
+                    task.exception()
+            else:
+                task.cancel()
     return out
 
 

@@ -19,6 +19,10 @@ from wiseverify.core.md5lanes import lane_count
 # (benchmarks/digest.py measures both buffer sizes for the read limit).
 BUFFER_SIZE = 1024 * 1024
 
+#: the longest range :func:`split_file` makes to give every MD5 lane a part: beyond it,
+#: ranges of fewer parts on more cores are worth more than full lanes on one
+LANE_RANGE_MAX = 256 << 20
+
 
 # --- what to compute ---------------------------------------------------------------
 
@@ -108,11 +112,13 @@ def split_file(item: FileItem, range_bytes: int,
     """Byte ranges for one file, cut only at part boundaries when parts are hashed.
 
     A range of a multipart object hashes its parts side by side, one MD5 lane
-    each, so it holds at least ``min_parts`` parts (default: the lanes of the
-    MD5 kernel in use) where the object has them: a 130 MB object in 8 MiB
-    parts cut into 50 MB ranges kept 6 of 16 lanes busy, and its digest ran at
-    about half the kernel's rate.  The parts are shared out evenly, so no range
-    is a short remainder.
+    each, so a range is made long enough for ``min_parts`` parts (default: the
+    lanes of the MD5 kernel in use), up to :data:`LANE_RANGE_MAX`: a 130 MB
+    object in 8 MiB parts cut into 50 MB ranges kept 6 of 16 lanes busy and
+    its digest ran at about half the kernel's rate, while an object in 1 GiB
+    parts keeps a range per part, for as many cores.  The cuts are placed by
+    bytes, at the first part boundary past each share, so an irregular layout
+    is balanced too.
     """
     size = item.size
     if size <= range_bytes or not item.spec.splittable:
@@ -121,8 +127,18 @@ def split_file(item: FileItem, range_bytes: int,
         offsets = list(item.spec.part_offsets)
         if min_parts is None:
             min_parts = lane_count()
-        n = max(1, min(-(-size // range_bytes), len(offsets) // max(1, min_parts)))
-        bounds = [offsets[i * len(offsets) // n] for i in range(n)] + [size]
+        typical = size // max(1, len(offsets))
+        target = max(range_bytes, min(max(1, min_parts) * typical, LANE_RANGE_MAX))
+        n = max(1, round(size / target))
+        bounds = [offsets[0]]
+        j = 0
+        for i in range(1, n):
+            share = i * size // n
+            while j < len(offsets) and offsets[j] < share:
+                j += 1
+            if j < len(offsets) and offsets[j] > bounds[-1]:
+                bounds.append(offsets[j])
+        bounds.append(size)
         return [RangeTask(item, a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
     out = []
     step = max(BUFFER_SIZE, (range_bytes // BUFFER_SIZE) * BUFFER_SIZE)
