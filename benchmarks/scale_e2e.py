@@ -25,8 +25,9 @@ Per ``--files N`` (repeatable) it builds, once:
 It runs ``wiseverify verify ROOT s3://bucket/data/ --dest-inventory MANIFEST
 --metadata off`` (no object exists behind the inventory to HEAD; a site with a
 real bucket would sample it), cold (page cache dropped first, as root) and then
-warm, and md5sum cold and warm.  Statuses are checked against the injected
-ones every time.
+warm, and md5sum cold (before and after wiseverify's cold run, the faster of the
+two: the first reads a tree just written) and warm.  Statuses are checked against
+the injected ones every time.
 
 ``--listing M`` adds the listing path: M objects uploaded to moto and verified
 with the walk and a real ListObjectsV2 listing instead of the inventory.
@@ -292,11 +293,18 @@ def main() -> int:
             print(f"\n{n:,} files", flush=True)
             root, manifest, expect = build(base, n)
             drop_caches()
-            base_cold = run_md5sum(root, cores)
-            print(f"  md5sum cold {base_cold:.1f} s", flush=True)
+            first_cold = run_md5sum(root, cores)
+            print(f"  md5sum cold {first_cold:.1f} s", flush=True)
             drop_caches()
             wall, driver, worker, summary = run_ours(root, manifest, base / f"run-{n}-cold",
                                                      s3.url, env, extra)
+            # the baseline again after ours: the first run after the build is the first
+            # reader of a disk that may still be flushing it; the faster of the two counts
+            drop_caches()
+            again_cold = run_md5sum(root, cores)
+            base_cold = min(first_cold, again_cold)
+            print(f"  md5sum cold again {again_cold:.1f} s (the baseline: {base_cold:.1f} s)",
+                  flush=True)
             ok = check(summary, expect)
             t = summary.get("timings", {})
             print(f"  wiseverify cold {wall:.1f} s (preflight {t.get('preflight_s')}, cluster "
