@@ -147,7 +147,10 @@ class RssSampler:
         import psutil
 
         self.root = psutil.Process(pid)
+        self.t0 = time.monotonic()
         self.peak: dict[int, tuple[str, int]] = {}
+        self.worker_peak_at = 0.0  # seconds into the run when the largest worker peaked
+        self._worker_max = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -167,6 +170,8 @@ class RssSampler:
                 continue
             old = self.peak.get(p.pid, (role, 0))[1]
             self.peak[p.pid] = (role, max(old, rss))
+            if role == "worker" and rss > self._worker_max:
+                self._worker_max, self.worker_peak_at = rss, time.monotonic() - self.t0
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
@@ -179,6 +184,17 @@ class RssSampler:
         driver = max((v for r, v in self.peak.values() if r == "driver"), default=0)
         worker = max((v for r, v in self.peak.values() if r == "worker"), default=0)
         return driver / 1e9, worker / 1e9
+
+
+def stage_ends(t: dict) -> str:
+    """When each stage ended, in seconds from the command's start (its set-up estimated
+    as the preflight and cluster start): to place the largest worker's peak in a stage."""
+    at = (t.get("preflight_s") or 0) + (t.get("cluster_start_s") or 0)
+    out = []
+    for stage in ("inventory", "partition", "reconcile"):
+        at += t.get(f"{stage}_s") or 0
+        out.append(f"{stage} ~{at:.0f} s")
+    return ", ".join(out)
 
 
 def run_ours(root: Path, manifest: Path | None, out: Path, endpoint: str, env: dict,
@@ -196,6 +212,7 @@ def run_ours(root: Path, manifest: Path | None, out: Path, endpoint: str, env: d
     if proc.returncode not in (0, 1):
         sys.exit(f"wiseverify failed (exit {proc.returncode}):\n{stdout}\n{stderr}")
     summary = json.loads((out / "summary.json").read_text())
+    summary["_worker_peak_at_s"] = round(sampler.worker_peak_at, 1)
     return wall, driver, worker, summary
 
 
@@ -312,7 +329,9 @@ def main() -> int:
                   f"partition {t.get('partition_s')}, reconcile {t.get('reconcile_s')}, "
                   f"partition task steps {t.get('partition_steps_s')}; "
                   f"{summary['inventory'].get('prehashed_files', 0):,} files prehashed), driver "
-                  f"{driver:.2f} GB, largest worker {worker:.2f} GB, statuses {ok}", flush=True)
+                  f"{driver:.2f} GB, largest worker {worker:.2f} GB at "
+                  f"{summary['_worker_peak_at_s']} s (the stages end at {stage_ends(t)}), "
+                  f"statuses {ok}", flush=True)
             points["driver"].append((n, driver))
             points["worker"].append((n, worker))
             warm = ""
