@@ -42,7 +42,8 @@ from pathlib import Path
 
 from _bench import clean_up, load, load_kv, make_workdir, print_results, rclone_env, venv_bin
 
-from wiseverify.core.s3 import S3Target, gather_limited
+from wiseverify.core.bursts import gather_limited
+from wiseverify.core.s3 import S3Target
 from wiseverify.demo.locals3 import FAKE_CREDENTIALS, LocalS3, posix_metadata
 
 BUCKET = "head-bench"

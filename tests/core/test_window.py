@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from wiseverify.core import s3 as S3
-from wiseverify.core.s3 import S3Target, Window, burst_window, gather_limited
+from wiseverify.core import bursts as B
+from wiseverify.core.bursts import Window, burst_window, gather_limited
+from wiseverify.core.s3 import S3Target
 
 
 def _drive(window: Window, rate_at, answers: int) -> list[int]:
@@ -90,12 +91,12 @@ def _served(server_capacity: int | None, instant_share: float, n: int, limit: in
             return i
 
         url = "http://198.51.100.7:9000"
-        S3._SETTLED.pop(url, None)
+        B._SETTLED.pop(url, None)
         try:
             return await gather_limited(range(n), fn, limit,
                                         endpoint=S3Target("b", endpoint_url=url))
         finally:
-            S3._SETTLED.pop(url, None)
+            B._SETTLED.pop(url, None)
 
     assert asyncio.run(main()) == list(range(n))
     return peak
@@ -121,7 +122,7 @@ def test_amazon_s3_gets_every_request_at_once_and_others_start_where_they_settle
                 "https://s3.cn-north-1.amazonaws.com.cn"):
         assert burst_window(S3Target("b", endpoint_url=url), 32) is None, url
     url = "http://192.0.2.10:8080"
-    S3._SETTLED.pop(url, None)
+    B._SETTLED.pop(url, None)
     assert burst_window(S3Target("b", endpoint_url=url), 32).size == Window.START
 
     async def fn(i):
@@ -129,11 +130,11 @@ def test_amazon_s3_gets_every_request_at_once_and_others_start_where_they_settle
         return i
 
     asyncio.run(gather_limited(range(10), fn, 32, endpoint=S3Target("b", endpoint_url=url)))
-    assert S3._SETTLED[url] == Window.START
-    S3._SETTLED[url] = 16
+    assert B._SETTLED[url] == Window.START
+    B._SETTLED[url] = 16
     assert burst_window(S3Target("b", endpoint_url=url), 32).size == 16
     assert burst_window(S3Target("b", endpoint_url=url), 8).size == 8
-    S3._SETTLED.pop(url)
+    B._SETTLED.pop(url)
 
 
 @pytest.mark.parametrize("url", [None, "http://127.0.0.1:9"])
@@ -152,7 +153,7 @@ def test_gather_keeps_order_and_the_bound(url):
     out = asyncio.run(gather_limited(range(300), fn, 16, endpoint=target))
     assert out == [i * 2 for i in range(300)]
     assert max(seen) <= 16
-    S3._SETTLED.pop(url, None)
+    B._SETTLED.pop(url, None)
 
 
 def test_windowed_gather_raises_and_cancels_the_rest():
@@ -176,4 +177,4 @@ def test_windowed_gather_raises_and_cancels_the_rest():
         return list(cancelled)
 
     assert asyncio.run(main())  # cancelled by the gather itself, not by asyncio.run's exit
-    S3._SETTLED.pop("http://127.0.0.1:9", None)
+    B._SETTLED.pop("http://127.0.0.1:9", None)

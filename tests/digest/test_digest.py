@@ -317,7 +317,7 @@ def _readback(target, bucket, ranges, fast: bool, via_send: bool = False):
     ``via_send`` sends the signed requests through the client's HTTP layer, the
     way taken behind a proxy, instead of straight on its aiohttp session.
     """
-    from wiseverify.core.s3 import gather_limited
+    from wiseverify.core.bursts import gather_limited
     from wiseverify.digest.getrange import RangeGetter
 
     box = {}

@@ -22,8 +22,9 @@ import asyncio
 from dataclasses import dataclass, field
 
 from wiseverify.core import rules
+from wiseverify.core.bursts import gather_limited
 from wiseverify.core.rules import ALGO_COST, MD5_RE, REPORT_ALGOS, STORED_ALGOS
-from wiseverify.core.s3 import S3Target, error_code, error_text, gather_limited
+from wiseverify.core.s3 import S3Target, error_code, error_text
 from wiseverify.core.sigv4 import head_reader
 from wiseverify.digest.units import Spec
 

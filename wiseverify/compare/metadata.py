@@ -6,7 +6,8 @@ object metadata, and this is where they are read back and compared with the sour
 
 from __future__ import annotations
 
-from wiseverify.core.s3 import S3Target, gather_limited
+from wiseverify.core.bursts import gather_limited
+from wiseverify.core.s3 import S3Target
 from wiseverify.core.sigv4 import head_reader
 
 

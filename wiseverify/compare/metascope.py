@@ -43,7 +43,8 @@ import numpy as np
 import pyarrow as pa
 
 from wiseverify.core import keys as K
-from wiseverify.core.s3 import S3Target, error_text, gather_limited
+from wiseverify.core.bursts import gather_limited
+from wiseverify.core.s3 import S3Target, error_text
 from wiseverify.core.sigv4 import head_reader
 
 #: the user-metadata keys the FSx for Lustre / DataSync layout writes

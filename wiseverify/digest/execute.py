@@ -81,7 +81,8 @@ def run_unit(unit: Unit, target=None, get_concurrency: int = 16) -> dict:
     if target is not None:
         import asyncio
 
-        from wiseverify.core.s3 import gather_limited, use_fast_timestamps
+        from wiseverify.core.bursts import gather_limited
+        from wiseverify.core.s3 import use_fast_timestamps
         from wiseverify.digest.getrange import RangeGetter
 
         async def _all():
