@@ -22,7 +22,9 @@ def profile_only(tmp_path, monkeypatch):
 
 def test_profile_signs_the_requests_and_models_are_parsed_once(s3, bucket, profile_only):
     S3.preload_models()
-    loader = S3.shared_loader(None)
+    from aiobotocore.session import AioSession
+
+    loader = S3.shared_loader(AioSession())
     target = S3Target.parse(f"s3://{bucket}/p/", endpoint_url=s3.url, profile="audit")
     client = target.run(target.client)
     assert client._request_signer._credentials.access_key == "AKIDFROMPROFILE"

@@ -49,7 +49,7 @@ T = TypeVar("T")
 _LOADERS: dict[str | None, Any] = {}
 
 
-def shared_loader(data_path: str | None):
+def shared_loader(session):
     """One botocore data loader per process, its parsed S3 models kept (``instance_cache``).
 
     Each session makes its own loader, and a new S3 client then parses the
@@ -57,9 +57,10 @@ def shared_loader(data_path: str | None):
     0.17 s of CPU a worker spent on its first client, before its first
     listing request.  The workers' forkserver loads them once before forking
     (:func:`preload_models`); sessions still resolve credentials each their own.
-    Keyed by the session's ``data_path`` (``AWS_DATA_PATH``): another search path
+    Keyed by ``session``'s ``data_path`` (``AWS_DATA_PATH``): another search path
     is another loader.
     """
+    data_path = session.get_config_variable("data_path")
     loader = _LOADERS.get(data_path)
     if loader is None:
         from botocore.loaders import create_loader
@@ -72,7 +73,7 @@ def preload_models() -> None:
     """Parse, in :func:`shared_loader`, the models an S3 client loads when it is made."""
     from aiobotocore.session import AioSession
 
-    loader = shared_loader(AioSession().get_config_variable("data_path"))
+    loader = shared_loader(AioSession())
     loader.load_data_with_path("endpoints")
     loader.load_data("sdk-default-configuration")
     loader.load_data("partitions")
@@ -252,8 +253,7 @@ class S3Target:
         extra = {"profile": self.profile} if self.profile else {}
         # the session s3fs would make, with the process's shared model loader
         session = AioSession(**extra)
-        session.register_component("data_loader",
-                                   shared_loader(session.get_config_variable("data_path")))
+        session.register_component("data_loader", shared_loader(session))
         return s3fs.S3FileSystem(
             client_kwargs=client_kwargs, config_kwargs=DEFAULT_CLIENT_CONFIG,
             skip_instance_cache=True, session=session, **extra
