@@ -31,6 +31,8 @@ from wiseverify.core import keys as K
 from wiseverify.core import schema as S
 from wiseverify.core.s3 import S3Target
 from wiseverify.digest import smallfiles as SMALL
+from wiseverify.inventory import partition as INVPART
+from wiseverify.reconcile import assemble as ASSEMBLE
 from wiseverify.reconcile import checkpoint as CHECKPOINT
 from wiseverify.reconcile import finish as FINISH
 from wiseverify.reconcile import plan as R
@@ -284,6 +286,7 @@ def test_settled_rows_equal_the_per_row_path(s3, bucket, tmp_path, monkeypatch, 
         c = s3.client()
         for row in case.dst:
             c.put_object(Bucket=bucket, Key="pfx/" + row["key"], Body=b"")
+    placed = _check_placed_rows(monkeypatch)
     tables = {}
     for settle in (True, False):
         run = tmp_path / f"run-{settle}"
@@ -296,6 +299,7 @@ def test_settled_rows_equal_the_per_row_path(s3, bucket, tmp_path, monkeypatch, 
             settled = plan["settled"]
             assert settled is not None and settled.count >= 50
     assert tables[True].schema == tables[False].schema == S.RECONCILIATION
+    assert placed and max(placed) >= 50  # the per-row path placed its rows, checked each time
     bulk, rows = tables[True].to_pylist(), tables[False].to_pylist()
     assert [r["key"] for r in bulk] == [r["key"] for r in rows]
     for a, b in zip(bulk, rows, strict=True):
@@ -312,6 +316,61 @@ def test_settled_rows_equal_the_per_row_path(s3, bucket, tmp_path, monkeypatch, 
     assert by_key["sse/kms.bin"]["status"] == S.UNVERIFIED
     assert by_key["etag/differs.csv"]["status"] == S.CONTENT_MISMATCH
     assert by_key["etag/stale-digest.csv"]["status"] == S.MATCH
+
+
+def _reference_place(table: pa.Table, rows: pa.Table, positions: np.ndarray) -> pa.Table:
+    """The whole-table take that ``assemble.place_rows`` replaced (kept as the oracle)."""
+    idx = np.arange(table.num_rows)
+    idx[positions] = table.num_rows + np.arange(len(positions))
+    return pa.concat_tables([table, rows]).take(pa.array(idx))
+
+
+def _check_placed_rows(monkeypatch) -> list[int]:
+    """Every ``place_rows`` of the run checked against the oracle; the row counts placed."""
+    placed: list[int] = []
+    real = ASSEMBLE.place_rows
+
+    def checked(table, rows, positions):
+        got = real(table, rows, positions)
+        order = np.argsort(positions, kind="stable")
+        want = _reference_place(table, rows.take(pa.array(order)), np.asarray(positions)[order])
+        assert got.equals(want)
+        placed.append(rows.num_rows)
+        return got
+
+    monkeypatch.setattr(ASSEMBLE, "place_rows", checked)
+    return placed
+
+
+def test_placed_rows_in_any_order_and_chunking():
+    """Per-row results land at their positions whatever their order; listing columns stay."""
+    n = 10
+    table = pa.concat_tables([
+        S.RECONCILIATION.empty_table(),
+        pa.table({f.name: pa.nulls(n, f.type) for f in S.RECONCILIATION}, schema=S.RECONCILIATION),
+    ])
+    table = table.set_column(0, "key", pa.chunked_array([[f"k{i}" for i in range(4)],
+                                                         [f"k{i}" for i in range(4, n)]]))
+    positions = np.array([7, 2, 5])
+    rows = pa.table({f.name: pa.nulls(3, f.type) for f in S.RECONCILIATION},
+                    schema=S.RECONCILIATION)
+    rows = rows.set_column(0, "key", pa.array([f"k{p}" for p in positions]))
+    rows = rows.set_column(3, "status", pa.array([S.MATCH, S.CONTENT_MISMATCH, S.SOURCE_ERROR]))
+    got = ASSEMBLE.place_rows(table, rows, positions)
+    assert got.schema == S.RECONCILIATION
+    assert got.column("key").to_pylist() == [f"k{i}" for i in range(n)]
+    status = got.column("status").to_pylist()
+    assert (status[7], status[2], status[5]) == (S.MATCH, S.CONTENT_MISMATCH, S.SOURCE_ERROR)
+    assert [s for i, s in enumerate(status) if i not in (2, 5, 7)] == [None] * 7
+
+
+def test_one_chunk_keeps_rows_and_schema():
+    t = pa.concat_tables([pa.table({"a": [1, 2], "b": ["x", None]}),
+                          pa.table({"a": [3], "b": ["z"]})])
+    assert t.column("a").num_chunks == 2
+    one = INVPART.one_chunk(t)
+    assert one.schema == t.schema and one.equals(t)
+    assert [c.num_chunks for c in one.columns] == [1, 1]
 
 
 def test_columnar_match_equals_the_pandas_merge(tmp_path):

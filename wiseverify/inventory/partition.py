@@ -105,13 +105,15 @@ def compact(spool_paths: list[str], out_dir: str, nparts: int, tag: str,
 
 
 def read_partition(inv_dir: str, part: int, schema: pa.Schema,
-                   columns: list[str] | None = None) -> pa.Table:
+                   columns: list[str] | None = None, contiguous: bool = False) -> pa.Table:
     """All rows of one partition of one side (empty table when there are none).
 
     One Arrow dataset over the partition's files (one per compaction group, 30
     at 30 million keys): its scanner decodes them on Arrow's threads, a third
     faster than reading the files one after another, and keeps their order.
     The :data:`REPEATS` columns :func:`compact` left null are the key again.
+    ``contiguous``: one chunk per column (:func:`one_chunk`), for a caller that takes
+    rows by index.
     """
     import pyarrow.dataset as ds
 
@@ -124,4 +126,20 @@ def read_partition(inv_dir: str, part: int, schema: pa.Schema,
     read = want + (["key"] if "key" not in want and "key" in schema.names
                    and any(c in REPEATS for c in want) else [])
     table = restore_repeats(ds.dataset(files, schema=schema, format="parquet").to_table(read))
-    return table.select(want)
+    table = table.select(want)
+    return one_chunk(table) if contiguous else table
+
+
+def one_chunk(table: pa.Table) -> pa.Table:
+    """``table`` with each column in one chunk, combined a column at a time.
+
+    ``Table.combine_chunks`` holds the chunked and the combined copy of every
+    column at once: 72 MB on top of the 72 MB read for a 250,000-key partition,
+    the largest step of its task's peak.  Here each chunked column is dropped as
+    soon as its copy is made.
+    """
+    schema, cols = table.schema, []
+    while table.num_columns:
+        cols.append(table.column(0).combine_chunks())
+        table = table.remove_column(0)
+    return pa.Table.from_arrays(cols, schema=schema)

@@ -150,8 +150,9 @@ def plan_partition(ctx: Context, part: int, prehash_dir: str | None = None) -> d
         stage_s[name] = stage_s.get(name, 0.0) + now - clock
         clock = now
 
-    src = read_partition(ctx.src_inv, part, S.SOURCE_INVENTORY)
-    dst = read_partition(ctx.dst_inv, part, S.DEST_INVENTORY)
+    # contiguous: the join takes rows by index, and a copy made here frees each chunk as it goes
+    src = read_partition(ctx.src_inv, part, S.SOURCE_INVENTORY, contiguous=True)
+    dst = read_partition(ctx.dst_inv, part, S.DEST_INVENTORY, contiguous=True)
     lap("read")
     mt = match_table(src, dst)
     del src, dst
