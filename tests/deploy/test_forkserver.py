@@ -59,3 +59,44 @@ def test_a_configured_start_method_stops_the_forkserver_started_before_it_was_re
         out[method] = p.stdout.split()
     assert out["fork"] == ["False", "None"]
     assert out["spawn"][0] == "True" and int(out["spawn"][1]) > 0
+
+
+POOL_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from wiseverify.deploy.cluster import open_client, prestart_local_workers
+
+    def pool():
+        import pyarrow as pa
+        return pa.default_memory_pool().backend_name
+
+    if __name__ == "__main__":
+        prestart_local_workers()
+        with open_client(workers=1, threads_per_worker=1) as client:
+            print(json.dumps(list(client.run(pool).values())))
+""")
+
+
+def test_workers_allocate_from_the_pool_that_gives_memory_back(tmp_path):
+    """The workers of the local cluster (forkserver or spawned) load Arrow with jemalloc
+    from this environment's manylinux wheel; an operator's own choice is kept."""
+    import json
+
+    from wiseverify.core import arrowmem
+
+    assert arrowmem._wheel_has_jemalloc(), "the test environment installs pyarrow's wheel"
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    base = {k: v for k, v in os.environ.items() if k != arrowmem.VARIABLE}
+    cases = {
+        ("forkserver", None): "jemalloc",
+        ("spawn", None): "jemalloc",
+        ("forkserver", "system"): "system",
+    }
+    for (method, chosen), want in cases.items():
+        env = {**base, "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": method,
+               **({arrowmem.VARIABLE: chosen} if chosen else {})}
+        p = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=180)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert json.loads(p.stdout.strip().splitlines()[-1]) == [want], (method, chosen)
+        assert "Unsupported backend" not in p.stderr

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from wiseverify.core import arrowmem
 from wiseverify.core.errors import ClusterError
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ def prestart_local_workers() -> bool:
         return False
     started = False
     if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+        arrowmem.for_workers()  # the workers' Arrow pool, chosen before they load Arrow
         multiprocessing.get_context("forkserver").set_forkserver_preload(
             [*WORKER_PRELOAD, *PROJECT_PRELOAD])
         with _driver_import_path():
@@ -283,6 +285,8 @@ def open_client(
         finally:
             client.close()
         return
+    # the Arrow pool of the workers about to start (SLURM jobs inherit this environment)
+    arrowmem.for_workers()
     if cluster == "slurm":
         from wiseverify.deploy.slurmcluster import slurm_client
 

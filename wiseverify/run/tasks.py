@@ -9,6 +9,7 @@ import functools
 import os
 import pickle
 
+from wiseverify.core import arrowmem
 from wiseverify.core.runio import write_bytes
 from wiseverify.digest import smallfiles as SMALL
 from wiseverify.reconcile import checkpoint as CHECKPOINT
@@ -90,7 +91,7 @@ def partition_job(ctx: R.Context, part: int, topic: str | None = None,
     PROG.unit_done(topic, plan_files=sum(1 for u in units for r in u.ranges if r.offset == 0),
                    plan_bytes=sum(u.nbytes for u in units))
     if not units:
-        return FINISH.finish_partition(ctx, plan)
+        return _finished(FINISH.finish_partition(ctx, plan), plan)
     units_file = CHECKPOINT.checkpoint_dir(ctx, part) / "_units.pkl"
     units_file.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(units_file, pickle.dumps(units, protocol=pickle.HIGHEST_PROTOCOL))
@@ -105,4 +106,11 @@ def partition_job(ctx: R.Context, part: int, topic: str | None = None,
         results = client.gather(futs)
     finally:
         rejoin()
-    return FINISH.finish_partition(ctx, plan, *results)
+    return _finished(FINISH.finish_partition(ctx, plan, *results), plan)
+
+
+def _finished(counts: dict, plan: dict) -> dict:
+    """A partition's counts, once its tables are freed and their memory handed back."""
+    plan.clear()  # the matched partition, frame and settled columns: the task's bulk
+    arrowmem.release()
+    return counts
