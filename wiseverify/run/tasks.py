@@ -5,9 +5,12 @@ They run on the workers; the driver sees only their counts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
+import threading
+from collections.abc import Iterator
 
 from wiseverify.core import arrowmem
 from wiseverify.core.runio import write_bytes
@@ -84,6 +87,50 @@ def partition_job(ctx: R.Context, part: int, topic: str | None = None,
     The task secedes from its worker's thread pool while the units run, so
     partition tasks never starve the digest units of threads.
     """
+    with partition_slot():
+        return _partition(ctx, part, topic, prehash_dir)
+
+
+#: partitions in memory at once per worker process, against its threads (``partition_slot``)
+THREADS_PER_PARTITION = 2
+_slots: threading.BoundedSemaphore | None = None
+_slots_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def partition_slot() -> Iterator[None]:
+    """Hold one of this process's partition slots: one per two threads, at least one.
+
+    A partition task's tables (both listings, the join, the output) are a few
+    hundred MB at 250,000 keys, and at the default two threads a process ran two
+    at once: its peak was the sum of two tasks' peaks.  Most of a task is
+    GIL-bound Python and pandas, so the second one mostly waited for the first.
+    A task waiting for a slot has seceded from the thread pool, so the digest
+    units of the partition that holds it keep every thread.
+    """
+    global _slots
+    from distributed import get_worker, rejoin, secede
+
+    with _slots_lock:
+        if _slots is None:
+            try:
+                nthreads = get_worker().state.nthreads
+            except ValueError:  # not in a worker (a test calling the task directly)
+                nthreads = 1
+            _slots = threading.BoundedSemaphore(max(1, nthreads // THREADS_PER_PARTITION))
+    if not _slots.acquire(blocking=False):
+        secede()
+        try:
+            _slots.acquire()
+        finally:
+            rejoin()
+    try:
+        yield
+    finally:
+        _slots.release()
+
+
+def _partition(ctx: R.Context, part: int, topic: str | None, prehash_dir: str | None) -> dict:
     from distributed import get_client, rejoin, secede
 
     plan = R.plan_partition(ctx, part, prehash_dir)
