@@ -67,7 +67,11 @@ POOL_SCRIPT = textwrap.dedent("""
 
     def pool():
         import pyarrow as pa
-        return pa.default_memory_pool().backend_name
+        # the environment the process started with, which glibc read
+        with open("/proc/self/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\\0") if b"=" in v)
+        return [pa.default_memory_pool().backend_name,
+                env.get(b"MALLOC_TRIM_THRESHOLD_", b"").decode()]
 
     if __name__ == "__main__":
         prestart_local_workers()
@@ -78,7 +82,8 @@ POOL_SCRIPT = textwrap.dedent("""
 
 def test_workers_allocate_from_the_pool_that_gives_memory_back(tmp_path):
     """The workers of the local cluster (forkserver or spawned) load Arrow with jemalloc
-    from this environment's manylinux wheel; an operator's own choice is kept."""
+    from this environment's manylinux wheel, an operator's own choice kept, and start
+    with glibc's trim threshold (a forked worker misses the nanny's own setting)."""
     import json
 
     from wiseverify.core import arrowmem
@@ -86,7 +91,8 @@ def test_workers_allocate_from_the_pool_that_gives_memory_back(tmp_path):
     assert arrowmem._wheel_has_jemalloc(), "the test environment installs pyarrow's wheel"
     script = tmp_path / "pool.py"
     script.write_text(POOL_SCRIPT)
-    base = {k: v for k, v in os.environ.items() if k != arrowmem.VARIABLE}
+    base = {k: v for k, v in os.environ.items()
+            if k not in (arrowmem.VARIABLE, arrowmem.TRIM[0])}
     cases = {
         ("forkserver", None): "jemalloc",
         ("spawn", None): "jemalloc",
@@ -98,5 +104,5 @@ def test_workers_allocate_from_the_pool_that_gives_memory_back(tmp_path):
         p = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                            text=True, timeout=180)
         assert p.returncode == 0, p.stderr[-3000:]
-        assert json.loads(p.stdout.strip().splitlines()[-1]) == [want], (method, chosen)
+        assert json.loads(p.stdout.strip().splitlines()[-1]) == [[want, "65536"]], (method, chosen)
         assert "Unsupported backend" not in p.stderr
