@@ -47,6 +47,12 @@ def write_output(table: pa.Table, path: Path) -> None:
                  write_statistics=list(DICTIONARY_COLUMNS))
 
 
+#: the reconciliation columns copied as they are from the matched partition
+MATCHED_COLUMNS = ("src_kind", "src_size", "dst_size", "src_mtime_ns", "src_ctime_ns", "src_ino",
+                   "src_uid", "src_gid", "src_mode", "dst_etag", "dst_last_modified_ns",
+                   "dst_storage_class")
+
+
 def _col(m: pd.DataFrame, name: str) -> list:
     if name not in m:
         return [None] * len(m)
@@ -68,18 +74,7 @@ def rows_table(ctx: Context, part: int, m: pd.DataFrame, status: list, detail: l
         "status": status,
         "verified_by": out["verified_by"],
         "detail": detail,
-        "src_kind": _col(m, "src_kind"),
-        "src_size": _col(m, "src_size"),
-        "dst_size": _col(m, "dst_size"),
-        "src_mtime_ns": _col(m, "src_mtime_ns"),
-        "src_ctime_ns": _col(m, "src_ctime_ns"),
-        "src_ino": _col(m, "src_ino"),
-        "src_uid": _col(m, "src_uid"),
-        "src_gid": _col(m, "src_gid"),
-        "src_mode": _col(m, "src_mode"),
-        "dst_etag": _col(m, "dst_etag"),
-        "dst_last_modified_ns": _col(m, "dst_last_modified_ns"),
-        "dst_storage_class": _col(m, "dst_storage_class"),
+        **{c: _col(m, c) for c in MATCHED_COLUMNS},
         "dst_parts": out["dst_parts"],
         "dst_part_size": out["dst_part_size"],
         "dst_checksum_algorithm": [
@@ -167,9 +162,7 @@ def assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
         "status": status,
         "verified_by": verified_by,
         "detail": detail,
-        **{c: mt.column(c) for c in ("src_kind", "src_size", "dst_size", "src_mtime_ns",
-                                    "src_ctime_ns", "src_ino", "src_uid", "src_gid", "src_mode",
-                                    "dst_etag", "dst_last_modified_ns", "dst_storage_class")},
+        **{c: mt.column(c) for c in MATCHED_COLUMNS},
         "dst_parts": sv["dst_parts"],
         "dst_part_size": pa.nulls(n, pa.int64()),
         "dst_checksum_algorithm": pc.coalesce(sv["dst_checksum_algorithm"],
@@ -201,10 +194,7 @@ def assemble(ctx: Context, plan: dict, rows: pa.Table) -> pa.Table:
 
 #: columns :func:`rows_table` takes unchanged from the frame, itself rows of the
 #: partition's ``Matched``: the whole-column table already holds them at every position
-LISTING_COLUMNS = frozenset((
-    "key", "key_bytes", "dst_key", "src_kind", "src_size", "dst_size", "src_mtime_ns",
-    "src_ctime_ns", "src_ino", "src_uid", "src_gid", "src_mode", "dst_etag",
-    "dst_last_modified_ns", "dst_storage_class"))
+LISTING_COLUMNS = frozenset(("key", "key_bytes", "dst_key", *MATCHED_COLUMNS))
 
 
 def place_rows(table: pa.Table, rows: pa.Table, positions: np.ndarray) -> pa.Table:
